@@ -1,0 +1,68 @@
+"""Storyboard versions per conversation, kept in Redis.
+
+A conversation (a chat thread, a console session, one `demo` run) has a list of storyboard
+versions. Appending never rewrites an earlier version, so "go back to version 2" and "what
+did scene 3 say before?" always have an answer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+from pydantic import BaseModel
+
+from engine.errors import StoryboardError
+from engine.storyboard import Storyboard
+
+KEY_PREFIX = "lessonreel:storyboards:"
+
+
+@dataclass(frozen=True)
+class StoryboardVersion:
+    number: int  # 1-based
+    storyboard: Storyboard
+    note: str
+    created_at: float
+
+
+class StoryboardHistory:
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+
+    def append(self, conversation: str, storyboard: Storyboard, note: str = "") -> int:
+        """Store a new version and return its number."""
+        record = _Record(storyboard=storyboard, note=note[:200], created_at=time.time())
+        # RPUSH returns the new length, which is the new version's number: no read-modify-write.
+        return int(self._redis.rpush(self._key(conversation), record.model_dump_json()))
+
+    def get(self, conversation: str, number: int) -> StoryboardVersion:
+        count = self.count(conversation)
+        if not 1 <= number <= count:
+            raise StoryboardError(
+                f"There is no version {number}; this storyboard has versions 1 to {count}."
+                if count else "There is no storyboard in this conversation yet."
+            )
+        raw = self._redis.lindex(self._key(conversation), number - 1)
+        return _Record.model_validate_json(raw).as_version(number)
+
+    def latest(self, conversation: str) -> StoryboardVersion | None:
+        count = self.count(conversation)
+        return self.get(conversation, count) if count else None
+
+    def count(self, conversation: str) -> int:
+        return int(self._redis.llen(self._key(conversation)))
+
+    @staticmethod
+    def _key(conversation: str) -> str:
+        return KEY_PREFIX + conversation
+
+
+class _Record(BaseModel):
+    storyboard: Storyboard
+    note: str
+    created_at: float
+
+    def as_version(self, number: int) -> StoryboardVersion:
+        return StoryboardVersion(number, self.storyboard, self.note, self.created_at)

@@ -1,0 +1,208 @@
+"""Settings: config/default.toml, then the file named by LESSONREEL_CONFIG, then the environment.
+
+Every layer has the shape of config/default.toml. An environment variable
+`LESSONREEL_<SECTION>__<KEY>` overrides one key of a section; `LESSONREEL_DATA_DIR`,
+`LESSONREEL_REDIS_URL` and `LESSONREEL_PUBLIC_URL` override the top-level keys. The result is
+validated once, at start-up; a bad value stops start-up with one sentence that names the key,
+where the value came from, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+from engine.errors import SettingsError
+from engine.paths import CONFIG_DIR
+from engine.storyboard import Aspect, Language
+
+ENV_PREFIX = "LESSONREEL_"
+DEFAULT_FILE = CONFIG_DIR / "default.toml"
+TOP_LEVEL_KEYS = ("data_dir", "redis_url", "public_url")
+
+
+class _Section(BaseModel):
+    # A typo in a key must stop start-up, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitsSettings(_Section):
+    max_request_chars: int = Field(4000, ge=200, le=100_000)
+    max_total_seconds: int = Field(180, ge=10, le=3600)
+    min_total_seconds: int = Field(6, ge=4, le=60)
+
+
+class StoryboardSettings(_Section):
+    language: Language = "en"
+    aspect: Aspect = "16:9"
+    total_seconds: int = Field(45, ge=6, le=3600)
+    title_card_seconds: int = Field(2, ge=0, le=5)
+
+
+class RenderSettings(_Section):
+    fps: int = Field(24, ge=8, le=60)
+    crf: int = Field(20, ge=0, le=51)
+    preview_crf: int = Field(30, ge=0, le=51)
+    x264_preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast",
+        "medium", "slow", "slower", "veryslow",
+    ] = "veryfast"
+    preview_max_side: int = Field(480, ge=120, le=1080)
+    font_path: str = ""
+
+
+class QueueSettings(_Section):
+    name: str = Field("render", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+    job_timeout_seconds: int = Field(1800, ge=30, le=86_400)
+    result_ttl_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
+
+
+class Settings(_Section):
+    data_dir: str = ""
+    redis_url: str = ""
+    public_url: str = ""
+    limits: LimitsSettings = LimitsSettings()
+    storyboard: StoryboardSettings = StoryboardSettings()
+    render: RenderSettings = RenderSettings()
+    queue: QueueSettings = QueueSettings()
+
+    @property
+    def data_path(self) -> Path:
+        if self.data_dir:
+            return Path(self.data_dir).expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(xdg) / "lessonreel"
+
+    @property
+    def media_path(self) -> Path:
+        """The media root: rendered videos live here, and share links serve only from here."""
+        return self.data_path / "media"
+
+    @property
+    def uploads_path(self) -> Path:
+        """Images teachers send for image-to-video scenes."""
+        return self.data_path / "uploads"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the three layers; SettingsError with one sentence if anything is off."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+
+    _overlay(merged, _read_toml(DEFAULT_FILE, "the defaults file"), origins, str(DEFAULT_FILE))
+    if config_file := env.get(ENV_PREFIX + "CONFIG"):
+        layer = _read_toml(Path(config_file), "LESSONREEL_CONFIG")
+        _overlay(merged, layer, origins, config_file)
+    for name, value in sorted(env.items()):
+        key = _env_key(name)
+        if key is None:
+            continue
+        section = merged
+        for part in key[:-1]:
+            section = section.setdefault(part, {})
+            if not isinstance(section, dict):
+                raise SettingsError(f"{name} sets a key inside [{part}], which is not a section.")
+        section[key[-1]] = value
+        origins[key] = name
+
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc.errors()[0], origins)) from None
+
+
+def _env_key(name: str) -> tuple[str, ...] | None:
+    """`LESSONREEL_RENDER__FPS` -> ("render", "fps"); None for variables that are not settings."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    parts = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+    if len(parts) == 1:
+        # LESSONREEL_CONFIG, LESSONREEL_SHARE_SECRET and the like are read where they are used.
+        return parts if parts[0] in TOP_LEVEL_KEYS else None
+    return parts
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"{what} names {path}, which does not exist.") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        reason = exc.__class__.__name__
+        raise SettingsError(f"{what} file {path} cannot be read ({reason}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{what} file {path} is not valid TOML: {exc}.") from None
+
+
+def _overlay(
+    base: dict[str, Any], layer: dict[str, Any], origins: dict[tuple[str, ...], str],
+    origin: str, prefix: tuple[str, ...] = (),
+) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _overlay(base[key], value, origins, origin, (*prefix, key))
+        else:
+            base[key] = value
+            origins[(*prefix, key)] = origin
+
+
+def _explain(error: Mapping[str, Any], origins: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc)
+    origin = origins.get(loc) or origins.get(loc[:1]) or "the settings"
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(_known_keys(loc[:-1])) or "none"
+        where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+        return f"{origin} sets {key}, which is not a setting; the keys of {where} are: {known}."
+    value = error.get("input")
+    return f"Setting {key} (from {origin}) must be {_allowed(loc)}; got {value!r}."
+
+
+def _field(loc: tuple[str, ...]) -> FieldInfo | None:
+    model: Any = Settings
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = info.annotation
+    return info
+
+
+def _known_keys(loc: tuple[str, ...]) -> list[str]:
+    if not loc:
+        return list(Settings.model_fields)
+    info = _field(loc)
+    annotation = info.annotation if info else None
+    return list(getattr(annotation, "model_fields", {}))
+
+
+def _allowed(loc: tuple[str, ...]) -> str:
+    info = _field(loc)
+    if info is None:
+        return "a valid value"
+    annotation = info.annotation
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a table of settings"
+    bounds = {type(meta): meta for meta in info.metadata}
+    low, high = bounds.get(annotated_types.Ge), bounds.get(annotated_types.Le)
+    if annotation is int:
+        if low and high:
+            return f"a whole number from {low.ge} to {high.le}"
+        return "a whole number"
+    if annotation is str:
+        pattern = next((m.pattern for m in info.metadata if getattr(m, "pattern", None)), None)
+        return f"text matching {pattern}" if pattern else "text"
+    return "a valid value"

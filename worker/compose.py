@@ -1,0 +1,110 @@
+"""Composition: a renderer's frames, with captions burned in, into the encoder, in order.
+
+Captions come from the timeline's cues, the same ones the SRT and WebVTT files are written
+from, so what is burned in and what the subtitle files say can never drift apart.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.timeline import Cue, Segment, Timeline
+from worker.animatic import AnimaticRenderer, FrameRun
+from worker.encode import VideoEncoder
+from worker.text import Overlay, load_font, text_panel, wrap
+
+CAPTION_BOX = (0, 0, 0, 170)
+CAPTION_TEXT = (255, 255, 255)
+
+# Called after each run of frames with (frames done, frames in all).
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Stills:
+    """Frames kept while encoding, for the poster and the contact sheet (no decoding later)."""
+
+    poster: np.ndarray | None = None
+    scenes: list[np.ndarray] = field(default_factory=list)
+
+
+class CaptionPainter:
+    """Draws each caption once, bottom-centre in a dark box, and reuses it for its frames."""
+
+    def __init__(self, font: Path, size: tuple[int, int]) -> None:
+        self.width, self.height = size
+        unit = min(size)
+        self.font = load_font(font, round(unit * 0.052))
+        self.padding = round(unit * 0.022)
+        self.bottom_margin = round(self.height * 0.035)
+        self._cache: dict[str, Overlay] = {}
+
+    def overlay(self, text: str) -> Overlay:
+        if text not in self._cache:
+            lines = wrap(text, self.font, round(self.width * 0.86), 3)
+            image = text_panel(lines, self.font, fill=CAPTION_TEXT, box=CAPTION_BOX,
+                               padding=self.padding, line_gap=0.12)
+            x = (self.width - image.width) // 2
+            y = self.height - self.bottom_margin - image.height
+            self._cache[text] = Overlay.from_image(image, x, y)
+        return self._cache[text]
+
+
+def compose(
+    timeline: Timeline, renderer: AnimaticRenderer, encoder: VideoEncoder, *,
+    font: Path, progress: Progress | None = None,
+) -> Stills:
+    """Render, caption and encode every segment of the timeline; return stills for the sheets."""
+    painter = CaptionPainter(font, (renderer.width, renderer.height))
+    boundaries = sorted({f for cue in timeline.cues for f in (cue.start_frame, cue.end_frame)})
+    cue_starts = [cue.start_frame for cue in timeline.cues]
+    stills = Stills()
+    for segment in timeline.segments:
+        middle = segment.start_frame + segment.frame_count // 2
+        position = segment.start_frame
+        for run in _segment_runs(renderer, segment):
+            for start, count in _cut(position, run.count, boundaries):
+                cue = _cue_at(timeline.cues, cue_starts, start)
+                frame = painter.overlay(cue.text).blend_onto(run.frame) if cue else run.frame
+                encoder.write(frame, count)
+                if start <= middle < start + count:
+                    if segment.scene_index is None:
+                        stills.poster = frame
+                    else:
+                        stills.scenes.append(frame)
+            position += run.count
+            if progress:
+                progress(position, timeline.frame_count)
+    if stills.poster is None and stills.scenes:
+        stills.poster = stills.scenes[0]
+    return stills
+
+
+def _segment_runs(renderer: AnimaticRenderer, segment: Segment) -> Iterator[FrameRun]:
+    if segment.scene_index is None:
+        return renderer.title_card(segment.frame_count)
+    return renderer.scene(segment.scene_index, segment.frame_count)
+
+
+def _cut(start: int, count: int, boundaries: list[int]) -> Iterator[tuple[int, int]]:
+    """Split frames [start, start+count) wherever a caption appears or disappears."""
+    end = start + count
+    first = bisect.bisect_right(boundaries, start)
+    for boundary in boundaries[first:]:
+        if boundary >= end:
+            break
+        yield start, boundary - start
+        start = boundary
+    yield start, end - start
+
+
+def _cue_at(cues: tuple[Cue, ...], starts: list[int], frame: int) -> Cue | None:
+    index = bisect.bisect_right(starts, frame) - 1
+    if index >= 0 and frame < cues[index].end_frame:
+        return cues[index]
+    return None
