@@ -158,7 +158,9 @@ def _overlay(
 def _explain(error: Mapping[str, Any], origins: Mapping[tuple[str, ...], str]) -> str:
     loc = tuple(str(part) for part in error["loc"])
     key = ".".join(loc)
-    origin = origins.get(loc) or origins.get(loc[:1]) or "the settings"
+    origin = origins.get(loc) or next(
+        (source for key, source in origins.items() if key[: len(loc)] == loc), "the settings"
+    )
     if error["type"] == "extra_forbidden":
         known = ", ".join(_known_keys(loc[:-1])) or "none"
         where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"

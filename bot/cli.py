@@ -1,0 +1,135 @@
+"""The `lessonreel` command.
+
+Every error a person can cause ends here as one sentence on stderr and exit status 2;
+a render that fails exits 1. Heavy imports happen inside the subcommands, so a bot host
+never loads what only a worker needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.storyboard import ASPECTS, LANGUAGES
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message}; see '{self.prog} --help'.\n")
+
+
+def _one_of(allowed: tuple[str, ...]):
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"must be one of {', '.join(allowed)}, not {value!r}"
+            )
+        return value
+
+    return check
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lessonreel", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="draft and render a video from one request")
+    demo.add_argument("request", help='e.g. "Explain photosynthesis to grade 7 in 30 seconds"')
+    demo.add_argument("--out", type=Path, help="folder for the video and its files "
+                      "(default: a new folder in the data dir's media/)")
+    demo.add_argument("--lang", type=_one_of(LANGUAGES),
+                      help="storyboard language (default: the request's)")
+    demo.add_argument("--aspect", type=_one_of(ASPECTS),
+                      help="16:9, 9:16 or 1:1 (default from settings)")
+    demo.set_defaults(handler=_demo)
+
+    worker = commands.add_parser("worker", help="render jobs from the queue")
+    worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    worker.set_defaults(handler=_worker)
+
+    bench = commands.add_parser("bench", help="measure performance")
+    bench.add_argument("suite", choices=["compose"], help="what to measure")
+    bench.add_argument("--seconds", type=int, default=30, help="length of the test video")
+    bench.add_argument("--repeat", type=int, default=3, help="compose runs to time")
+    bench.add_argument("--json", type=Path, help="also write the report to this file")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"lessonreel: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("lessonreel: stopped.", file=sys.stderr)
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from bot.demo import DemoOptions, run_demo
+
+    options = DemoOptions(request=args.request, out=args.out, language=args.lang,
+                          aspect=args.aspect)
+    return run_demo(options, Console(), Console(stderr=True))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from engine.connection import connect
+    from engine.settings import load_settings
+    from worker.runner import run_worker
+
+    settings = load_settings()
+    run_worker(settings, connect(settings), burst=args.burst)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.settings import load_settings
+    from worker.bench import bench_compose, bench_demo_wall, machine
+
+    if not 6 <= args.seconds <= 180 or not 1 <= args.repeat <= 20:
+        raise UserError("--seconds must be 6-180 and --repeat 1-20.")
+    settings = load_settings()
+    report = {"machine": machine(), "compose": bench_compose(settings, seconds=args.seconds,
+                                                             repeat=args.repeat),
+              "demo": bench_demo_wall(seconds=args.seconds)}
+    compose, demo = report["compose"], report["demo"]
+    table = Table(title=f"lessonreel bench compose ({report['machine']['cpus']} CPUs)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row(f"compose + encode, {compose['frame_size']} @ {compose['fps']} fps",
+                  f"{min(compose['compose_encode_seconds']):.2f} s for "
+                  f"{compose['video_seconds']} s of video")
+    table.add_row("… per output second (best)",
+                  f"{compose['seconds_per_output_second_best']:.3f} s "
+                  f"(target <= {compose['target_seconds_per_output_second']})")
+    table.add_row("… per output second (median)",
+                  f"{compose['seconds_per_output_second_median']:.3f} s")
+    table.add_row(f"lessonreel demo, {demo['video_seconds']} s video, wall time",
+                  f"{demo['demo_wall_seconds'][0]:.2f} s")
+    Console().print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""`lessonreel demo`: the whole path once, in a terminal.
+
+A request is drafted into a storyboard, the storyboard is saved as version 1 of a console
+conversation, a render job goes onto the RQ queue in Redis (embedded unless
+LESSONREEL_REDIS_URL says otherwise), a non-forking worker in this process takes it, and
+the progress bar follows the job's events in the Redis stream, as a chat bot would.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from bot.terminal import RenderProgress, print_outputs, storyboard_table
+from engine.connection import connect
+from engine.drafter import draft_storyboard
+from engine.errors import RenderError
+from engine.events import EventLog, RenderEvent
+from engine.history import StoryboardHistory
+from engine.jobs import RenderSpec, enqueue_render, new_job_id
+from engine.settings import load_settings
+from worker.render import prepare_output_dir
+from worker.runner import run_worker
+
+# How long to wait for a final event once our own worker found the queue empty
+# (another worker took the job): a little over the job's own timeout.
+WAIT_MARGIN_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    request: str
+    out: Path | None
+    language: str | None
+    aspect: str | None
+
+
+def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
+    settings = load_settings()
+    draft = draft_storyboard(options.request, settings, language=options.language,
+                             aspect=options.aspect)
+    storyboard = draft.storyboard
+    job_id = new_job_id()
+    out_dir = prepare_output_dir(options.out or settings.media_path / job_id)
+
+    console.print(storyboard_table(storyboard))
+    console.print(f"Drafted by the rule-based drafter ({draft.subject} template); "
+                  "no language model is installed.")
+    for note in draft.notes:
+        console.print(f"Note: {note}")
+
+    connection = connect(settings)
+    conversation = f"console:{job_id}"
+    version = StoryboardHistory(connection).append(conversation, storyboard, "drafted")
+    events = EventLog(connection)
+    after = events.last_id()
+    spec = RenderSpec(job_id=job_id, conversation=conversation, version=version,
+                      storyboard=storyboard, out_dir=str(out_dir.resolve()))
+    enqueue_render(connection, settings, spec)
+
+    with RenderProgress(errors) as progress:
+        watcher = _EventWatcher(events, after, job_id, progress.show)
+        watcher.start()
+        run_worker(settings, connection, burst=True, logging_level="WARNING")
+        final = watcher.wait(settings.queue.job_timeout_seconds + WAIT_MARGIN_SECONDS)
+
+    if final is None:
+        raise RenderError(f"The render (job {job_id}) did not finish in time; "
+                          "check that a worker is running.")
+    if final.kind == "failed":
+        errors.print(f"lessonreel: {final.message}", markup=False, highlight=False)
+        return 1
+    print_outputs(console, final.outputs)
+    return 0
+
+
+class _EventWatcher(threading.Thread):
+    """Reads the event stream in the background until the job's final event arrives."""
+
+    def __init__(self, events: EventLog, after: str, job_id: str, show) -> None:
+        super().__init__(daemon=True)
+        self._events = events
+        self._after = after
+        self._job_id = job_id
+        self._show = show
+        self._done = threading.Event()
+        self.final: RenderEvent | None = None
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            for entry_id, event in self._events.read(self._after, block_ms=200):
+                self._after = entry_id
+                if event.job_id != self._job_id:
+                    continue
+                self._show(event)
+                if event.is_final:
+                    self.final = event
+                    self._done.set()
+
+    def wait(self, timeout: float) -> RenderEvent | None:
+        self._done.wait(timeout)
+        self._done.set()  # stop reading even when we gave up waiting
+        return self.final

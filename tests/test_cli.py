@@ -1,0 +1,119 @@
+"""`lessonreel demo` as a user runs it: a fresh process, a fresh data dir, real everything."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.encode import probe
+
+LESSONREEL = Path(sys.executable).with_name("lessonreel")
+
+
+def run_cli(
+    *args: str, env_extra: dict | None = None, data_dir: Path,
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
+    env.update({"LESSONREEL_DATA_DIR": str(data_dir), **(env_extra or {})})
+    command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _srt_end_seconds(srt: str) -> list[float]:
+    ends = re.findall(r"--> (\d\d):(\d\d):(\d\d),(\d\d\d)", srt)
+    return [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for h, m, s, ms in ends]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "extra", "marker"),
+    [
+        ("Explain photosynthesis to grade 7 in 30 seconds", [], "Photosynthesis"),
+        ("用30秒给初一学生讲解光合作用", ["--lang", "zh"], "光合作用"),
+    ],
+)
+def test_demo_turns_a_request_into_a_video_of_the_asked_length(tmp_path, request_text, extra,
+                                                               marker):
+    out = tmp_path / "out"
+    result = run_cli("demo", request_text, "--out", str(out), *extra, data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+
+    assert marker in result.stdout  # the storyboard table
+    for name in ("video.mp4", "preview.mp4", "captions.srt", "captions.vtt", "poster.jpg",
+                 "contact_sheet.png"):
+        assert str(out / name) in result.stdout
+        assert (out / name).stat().st_size > 0
+    info = probe(out / "video.mp4")
+    assert info.seconds == pytest.approx(30, rel=0.05)
+    assert (info.width, info.height) == (832, 480)
+    srt = (out / "captions.srt").read_text(encoding="utf-8")
+    assert marker in srt or marker.lower() in srt
+    assert max(_srt_end_seconds(srt)) <= info.seconds
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_without_out_writes_into_the_media_folder_of_the_data_dir(tmp_path):
+    result = run_cli("demo", "Explain magnets in 10 seconds", "--aspect", "9:16",
+                     data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    videos = list((tmp_path / "d" / "media").glob("*/video.mp4"))
+    assert len(videos) == 1
+    assert (probe(videos[0]).width, probe(videos[0]).height) == (480, 832)
+
+
+def _bad_config(tmp_path: Path) -> dict:
+    path = tmp_path / "broken.toml"
+    path.write_text("[render\nfps = 30\n")
+    return {"LESSONREEL_CONFIG": str(path)}
+
+
+def _unwritable_out(tmp_path: Path) -> str:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("I am a file, not a folder")
+    return str(blocker / "out")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "The request is empty"),
+        ("huge", "20,000 characters long"),
+        ("two hours", "at most 3 min"),
+        ("bad lang", "--lang: must be one of en, zh, not 'xx'"),
+        ("bad aspect", "--aspect: must be one of 16:9, 9:16, 1:1, not '7:3'"),
+        ("unwritable out", "Cannot write the video to"),
+        ("bad config", "is not valid TOML"),
+    ],
+)
+def test_bad_input_gets_one_sentence_exit_2_and_no_video(tmp_path, case, message):
+    out = tmp_path / "out"
+    request = "Explain magnets in 10 seconds"
+    args = ["demo", request, "--out", str(out)]
+    env = {}
+    if case == "empty":
+        args[1] = ""
+    elif case == "huge":
+        args[1] = "photosynthesis " * 1334  # 20,010 characters
+        args[1] = args[1][:20_000]
+    elif case == "two hours":
+        args[1] = "Explain the French revolution in two hours"
+    elif case == "bad lang":
+        args += ["--lang", "xx"]
+    elif case == "bad aspect":
+        args += ["--aspect", "7:3"]
+    elif case == "unwritable out":
+        out = Path(_unwritable_out(tmp_path))
+        args[3] = str(out)
+    elif case == "bad config":
+        env = _bad_config(tmp_path)
+
+    result = run_cli(*args, env_extra=env, data_dir=tmp_path / "d")
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(out.rglob("*.mp4")) if out.is_dir() else True

@@ -1,0 +1,83 @@
+"""RQ job functions: the only code the queue calls, by import path (engine.jobs names them).
+
+A job tells the world how it is doing through render events, never through return values
+alone: the bot that asked may have restarted since.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from rq import get_current_job
+
+from engine.errors import UserError
+from engine.events import EventLog, RenderEvent
+from engine.jobs import RenderSpec
+from engine.settings import load_settings
+from engine.timeline import Timeline, build_timeline
+from worker.render import render_to_folder
+
+log = logging.getLogger(__name__)
+
+# A progress event at most this often: a chat status edit per event would hit rate limits.
+PROGRESS_INTERVAL_SECONDS = 0.5
+INTERNAL_ERROR = (
+    "The render failed because of a problem on our side, not in your storyboard; "
+    "try again, and if it keeps failing ask your IT contact to check the worker log (job {job})."
+)
+
+
+def render_storyboard(spec_data: dict) -> dict[str, str]:
+    """Render a storyboard to its output folder; return output name -> path."""
+    job = get_current_job()
+    spec = RenderSpec.model_validate(spec_data)
+    events = EventLog(job.connection)
+    scenes = len(spec.storyboard.scenes)
+    events.publish(RenderEvent(job_id=spec.job_id, kind="started", scenes=scenes))
+    started = time.monotonic()
+    try:
+        settings = load_settings()
+        reporter = _ProgressReporter(events, spec, build_timeline(spec.storyboard,
+                                                                  settings.render.fps))
+        outputs = render_to_folder(spec.storyboard, Path(spec.out_dir), settings,
+                                   progress=reporter)
+    except UserError as exc:
+        events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=str(exc)))
+        raise
+    except Exception:
+        log.exception("render %s failed", spec.job_id)
+        message = INTERNAL_ERROR.format(job=spec.job_id)
+        events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=message))
+        raise
+    result = {name: str(path) for name, path in outputs.items()}
+    events.publish(RenderEvent(
+        job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
+        outputs=result,
+    ))
+    log.info("render %s finished in %.2f s", spec.job_id, time.monotonic() - started)
+    return result
+
+
+class _ProgressReporter:
+    """Turns compose's frame counts into throttled "scene 2/5, 40 %" events."""
+
+    def __init__(self, events: EventLog, spec: RenderSpec, timeline: Timeline) -> None:
+        self.events = events
+        self.spec = spec
+        self.timeline = timeline
+        self.last_sent = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_sent < PROGRESS_INTERVAL_SECONDS and done < total:
+            return
+        self.last_sent = now
+        scene = next((segment.scene_index for segment in self.timeline.segments
+                      if segment.start_frame <= done < segment.end_frame), None)
+        self.events.publish(RenderEvent(
+            job_id=self.spec.job_id, kind="progress",
+            scene=None if scene is None else scene + 1,
+            scenes=len(self.spec.storyboard.scenes), fraction=min(done / max(total, 1), 1.0),
+        ))
