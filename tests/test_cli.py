@@ -1,5 +1,6 @@
 """`lessonreel demo` as a user runs it: a fresh process, a fresh data dir, real everything."""
 
+import json
 import os
 import re
 import subprocess
@@ -117,3 +118,43 @@ def test_bad_input_gets_one_sentence_exit_2_and_no_video(tmp_path, case, message
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert not list(out.rglob("*.mp4")) if out.is_dir() else True
+
+
+def test_worker_command_renders_jobs_from_a_shared_redis(tmp_path, redis_server_url):
+    """A separate `lessonreel worker` process takes a job another process put on the queue."""
+    from rq.job import Job, JobStatus
+    from rq.serializers import JSONSerializer
+
+    from engine.connection import connect
+    from engine.jobs import RenderSpec, enqueue_render, new_job_id
+    from engine.settings import load_settings
+    from tests.conftest import make_storyboard
+
+    env = {"LESSONREEL_REDIS_URL": redis_server_url}
+    settings = load_settings({**env, "LESSONREEL_DATA_DIR": str(tmp_path / "d")})
+    connection = connect(settings)
+    job_id = new_job_id()
+    out = tmp_path / "out"
+    enqueue_render(connection, settings, RenderSpec(
+        job_id=job_id, conversation="test:worker", version=1,
+        storyboard=make_storyboard((2,)), out_dir=str(out)))
+
+    result = run_cli("worker", "--burst", env_extra=env, data_dir=tmp_path / "d")
+
+    assert result.returncode == 0, result.stderr
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+    assert probe(out / "video.mp4").seconds == pytest.approx(3, rel=0.05)
+
+
+def test_bench_compose_writes_a_report(tmp_path):
+    report_path = tmp_path / "bench.json"
+    result = run_cli("bench", "compose", "--seconds", "6", "--repeat", "1",
+                     "--json", str(report_path), data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["compose"]["video_seconds"] == 6
+    assert report["compose"]["frame_size"] == "832x480"
+    assert report["compose"]["seconds_per_output_second_best"] > 0
+    assert report["demo"]["demo_wall_seconds"][0] > 0
+    assert "per output second" in result.stdout

