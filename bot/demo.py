@@ -24,6 +24,7 @@ from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.settings import load_settings
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
+from worker.text import font_file
 
 # How long to wait for a final event once our own worker found the queue empty
 # (another worker took the job): a little over the job's own timeout.
@@ -42,6 +43,7 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     settings = load_settings()
+    font_file(settings.render.font_path)  # a bad font path is a start-up error, not a failed job
     draft = draft_storyboard(options.request, settings, language=options.language,
                              aspect=options.aspect)
     storyboard = draft.storyboard

@@ -87,6 +87,7 @@ def _unwritable_out(tmp_path: Path) -> str:
         ("bad aspect", "--aspect: must be one of 16:9, 9:16, 1:1, not '7:3'"),
         ("unwritable out", "Cannot write the video to"),
         ("bad config", "is not valid TOML"),
+        ("bad font", "Setting render.font_path names /no/such/font.otf"),
     ],
 )
 def test_bad_input_gets_one_sentence_exit_2_and_no_video(tmp_path, case, message):
@@ -110,6 +111,8 @@ def test_bad_input_gets_one_sentence_exit_2_and_no_video(tmp_path, case, message
         args[3] = str(out)
     elif case == "bad config":
         env = _bad_config(tmp_path)
+    elif case == "bad font":
+        env = {"LESSONREEL_RENDER__FONT_PATH": "/no/such/font.otf"}
 
     result = run_cli(*args, env_extra=env, data_dir=tmp_path / "d")
 
