@@ -107,12 +107,6 @@ class Storyboard(_Frozen):
     def frame_size(self) -> tuple[int, int]:
         return FRAME_SIZES[self.aspect]
 
-    def scene(self, scene_id: str) -> Scene:
-        for scene in self.scenes:
-            if scene.id == scene_id:
-                return scene
-        raise StoryboardError(f"This storyboard has no scene {scene_id!r}.")
-
     def revise(self, **changes: Any) -> Storyboard:
         """A new, validated storyboard with `changes` applied; this one is left as it was."""
         return Storyboard.model_validate({**self.model_dump(), **changes})

@@ -7,8 +7,10 @@ in milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from engine.storyboard import Storyboard
 
@@ -55,10 +57,20 @@ class Timeline:
         return self.frame_count / self.fps
 
     def cue_at(self, frame: int) -> Cue | None:
-        for cue in self.cues:
-            if cue.start_frame <= frame < cue.end_frame:
-                return cue
+        """The caption on screen at `frame`, if any (cues are sorted and never overlap)."""
+        index = bisect.bisect_right(self._cue_starts, frame) - 1
+        if index >= 0 and frame < self.cues[index].end_frame:
+            return self.cues[index]
         return None
+
+    @cached_property
+    def _cue_starts(self) -> list[int]:
+        return [cue.start_frame for cue in self.cues]
+
+    @cached_property
+    def cue_boundaries(self) -> list[int]:
+        """Every frame where a caption appears or disappears, in order."""
+        return sorted({f for cue in self.cues for f in (cue.start_frame, cue.end_frame)})
 
 
 def build_timeline(storyboard: Storyboard, fps: int) -> Timeline:

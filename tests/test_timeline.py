@@ -84,3 +84,12 @@ def test_a_scene_without_narration_has_no_captions():
     timeline = build_timeline(storyboard, fps=24)
     second = timeline.segments[2]
     assert all(c.end_frame <= second.start_frame for c in timeline.cues)
+
+
+def test_cue_at_finds_the_caption_on_screen_at_each_frame():
+    timeline = build_timeline(make_storyboard((3, 3), title_card_seconds=1), fps=24)
+    for cue in timeline.cues:
+        assert timeline.cue_at(cue.start_frame) is cue
+        assert timeline.cue_at(cue.end_frame - 1) is cue
+    assert timeline.cue_at(0) is None  # the title card
+    assert timeline.cue_at(timeline.frame_count) is None

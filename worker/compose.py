@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.timeline import Cue, Segment, Timeline
+from engine.timeline import Segment, Timeline
 from worker.animatic import AnimaticRenderer, FrameRun
 from worker.encode import VideoEncoder
 from worker.text import Overlay, load_font, text_panel, wrap
@@ -61,15 +61,13 @@ def compose(
 ) -> Stills:
     """Render, caption and encode every segment of the timeline; return stills for the sheets."""
     painter = CaptionPainter(font, (renderer.width, renderer.height))
-    boundaries = sorted({f for cue in timeline.cues for f in (cue.start_frame, cue.end_frame)})
-    cue_starts = [cue.start_frame for cue in timeline.cues]
     stills = Stills()
     for segment in timeline.segments:
         middle = segment.start_frame + segment.frame_count // 2
         position = segment.start_frame
         for run in _segment_runs(renderer, segment):
-            for start, count in _cut(position, run.count, boundaries):
-                cue = _cue_at(timeline.cues, cue_starts, start)
+            for start, count in _cut(position, run.count, timeline.cue_boundaries):
+                cue = timeline.cue_at(start)
                 frame = painter.overlay(cue.text).blend_onto(run.frame) if cue else run.frame
                 encoder.write(frame, count)
                 if start <= middle < start + count:
@@ -101,10 +99,3 @@ def _cut(start: int, count: int, boundaries: list[int]) -> Iterator[tuple[int, i
         yield start, boundary - start
         start = boundary
     yield start, end - start
-
-
-def _cue_at(cues: tuple[Cue, ...], starts: list[int], frame: int) -> Cue | None:
-    index = bisect.bisect_right(starts, frame) - 1
-    if index >= 0 and frame < cues[index].end_frame:
-        return cues[index]
-    return None
