@@ -1,36 +1,38 @@
 """`lessonreel demo`: the whole path once, in a terminal.
 
 A request is drafted into a storyboard, the storyboard is saved as version 1 of a console
-conversation, a render job goes onto the RQ queue in Redis (embedded unless
+conversation, a render job goes onto an RQ queue in Redis (embedded unless
 LESSONREEL_REDIS_URL says otherwise), a non-forking worker in this process takes it, and
 the progress bar follows the job's events in the Redis stream, as a chat bot would.
+The job goes on a queue of its own, so a demo pointed at a school's shared Redis renders
+its own video and nobody else's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rq.job import JobStatus
 
 from bot.terminal import RenderProgress, print_outputs, storyboard_table
 from engine.connection import connect
 from engine.drafter import draft_storyboard
 from engine.events import EventLog, RenderEvent
 from engine.history import StoryboardHistory
-from engine.jobs import RenderSpec, enqueue_render, new_job_id
+from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from engine.settings import load_settings
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
 from worker.text import font_file
 
-# How long to wait for a final event once our own worker found the queue empty
-# (another worker took the job): a little over the job's own timeout.
-WAIT_MARGIN_SECONDS = 60
 # Once the job has ended, its final event is at most this far behind.
 EVENT_GRACE_SECONDS = 10
+EXIT_FAILED = 1
+EXIT_STOPPED = 130
 
 
 @dataclass(frozen=True)
@@ -48,13 +50,14 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
                              aspect=options.aspect)
     storyboard = draft.storyboard
     job_id = new_job_id()
-    out_dir = prepare_output_dir(options.out or settings.media_path / job_id)
+    if options.out:
+        prepare_output_dir(options.out)  # refuse an unwritable --out before rendering
 
     console.print(storyboard_table(storyboard))
     console.print(f"Drafted by the rule-based drafter ({draft.subject} template); "
-                  "no language model is installed.")
+                  "no language model is installed.", markup=False)
     for note in draft.notes:
-        console.print(f"Note: {note}")
+        console.print(f"Note: {note}", markup=False)
 
     connection = connect(settings)
     conversation = f"console:{job_id}"
@@ -62,29 +65,41 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     events = EventLog(connection)
     after = events.last_id()
     spec = RenderSpec(job_id=job_id, conversation=conversation, version=version,
-                      storyboard=storyboard, out_dir=str(out_dir.resolve()))
-    job = enqueue_render(connection, settings, spec)
+                      storyboard=storyboard, output=job_id)
+    # A private queue: on a shared Redis, a demo must not take the school's render jobs.
+    queue = render_queue(connection, settings, name=f"{settings.queue.name}-demo-{job_id}")
+    enqueue_render(connection, settings, spec, queue=queue)
+    try:
+        with RenderProgress(errors) as progress:
+            watcher = _EventWatcher(events, after, job_id, progress.show)
+            watcher.start()
+            run_worker(settings, connection, burst=True, logging_level="CRITICAL", queue=queue,
+                       foreground=True)
+            final = watcher.wait(EVENT_GRACE_SECONDS)
+    finally:
+        queue.delete(delete_jobs=True)  # nothing of this demo is left queued
 
-    with RenderProgress(errors) as progress:
-        watcher = _EventWatcher(events, after, job_id, progress.show)
-        watcher.start()
-        try:
-            run_worker(settings, connection, burst=True, logging_level="WARNING")
-        except KeyboardInterrupt:
-            job.cancel()  # or the next demo's worker would render this one first
-            raise
-        # Our worker ran it, or found the queue empty because another worker took it.
-        ended = job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED)
-        final = watcher.wait(EVENT_GRACE_SECONDS if ended
-                             else settings.queue.job_timeout_seconds + WAIT_MARGIN_SECONDS)
-
-    if final is None or final.kind == "failed":
+    if final is None or final.kind != "finished":
         message = final.message if final else (
             f"The render (job {job_id}) ended without reporting back; check the worker's log.")
         errors.print(f"lessonreel: {message}", markup=False, highlight=False, soft_wrap=True)
-        return 1
-    print_outputs(console, final.outputs)
+        return EXIT_STOPPED if final and final.kind == "cancelled" else EXIT_FAILED
+    outputs = {name: Path(path) for name, path in final.outputs.items()}
+    if options.out:
+        outputs = move_outputs(outputs, options.out)
+    print_outputs(console, outputs)
     return 0
+
+
+def move_outputs(outputs: dict[str, Path], destination: Path) -> dict[str, Path]:
+    """Move finished files to `destination`, the video last, and drop the emptied folder."""
+    moved = {}
+    for name, path in outputs.items():  # already in publishing order: the video is last
+        moved[name] = destination / path.name
+        shutil.move(path, moved[name])
+    with contextlib.suppress(OSError):
+        next(iter(outputs.values())).parent.rmdir()
+    return moved
 
 
 class _EventWatcher(threading.Thread):

@@ -8,8 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from engine.events import RenderEvent
+from engine.events import EventKind, RenderEvent
 from engine.storyboard import Storyboard, format_seconds
 
 OUTPUT_LABELS = {
@@ -23,11 +24,19 @@ OUTPUT_LABELS = {
 }
 
 
+STATUS: dict[EventKind, str] = {
+    "queued": "Queued", "started": "Starting", "progress": "Rendering", "finished": "Done",
+    "failed": "Failed", "cancelled": "Stopped",
+}
+
+
 def storyboard_table(storyboard: Storyboard) -> Table:
+    """The storyboard as a table. Every teacher-written string is a Text, never markup:
+    "list[i]" must print as typed, and "[/]" must not crash the terminal."""
     table = Table(
-        title=f"{storyboard.title}",
-        caption=(f"{storyboard.audience} · {format_seconds(storyboard.total_seconds)} · "
-                 f"{storyboard.aspect} · {storyboard.language} · {storyboard.style.name}"),
+        title=Text(storyboard.title),
+        caption=Text(f"{storyboard.audience} · {format_seconds(storyboard.total_seconds)} · "
+                     f"{storyboard.aspect} · {storyboard.language} · {storyboard.style.name}"),
         show_lines=True,
     )
     table.add_column("#", justify="right", no_wrap=True)
@@ -37,12 +46,12 @@ def storyboard_table(storyboard: Storyboard) -> Table:
     table.add_column("Visual", ratio=1, overflow="fold")
     table.add_column("Narration", ratio=1, overflow="fold")
     if storyboard.title_card_seconds:
-        table.add_row("—", f"{storyboard.title_card_seconds} s", storyboard.title,
+        table.add_row("—", f"{storyboard.title_card_seconds} s", Text(storyboard.title),
                       "Title card", "")
     for number, scene in enumerate(storyboard.scenes, start=1):
-        table.add_row(str(number), f"{scene.duration} s", scene.on_screen_text or "",
-                      scene.visual + (f" [image: {scene.image}]" if scene.image else ""),
-                      scene.narration)
+        table.add_row(str(number), f"{scene.duration} s", Text(scene.on_screen_text or ""),
+                      Text(scene.visual + (f" (image: {scene.image})" if scene.image else "")),
+                      Text(scene.narration))
     return table
 
 
@@ -69,8 +78,7 @@ class RenderProgress:
         elif event.kind == "progress":
             description = "Rendering the title card"
         else:
-            description = {"queued": "Queued", "started": "Starting", "finished": "Done",
-                           "failed": "Failed"}[event.kind]
+            description = STATUS[event.kind]
         self._progress.update(self._task, description=description, completed=event.fraction)
 
 

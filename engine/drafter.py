@@ -8,7 +8,6 @@ from the request when the teacher states them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import tomllib
@@ -23,11 +22,12 @@ from engine.settings import Settings
 from engine.storyboard import (
     MAX_SCENE_SECONDS,
     MAX_SCENES,
-    MAX_SEED,
     MIN_SCENE_SECONDS,
     Scene,
     Storyboard,
     Style,
+    derived_id,
+    derived_seed,
     format_seconds,
 )
 
@@ -49,7 +49,7 @@ class SubjectTemplate:
         lowered = text.lower()
         total = 0
         for word in self.keywords.get("en", []):
-            if re.search(rf"\b{re.escape(word)}\b", lowered):
+            if re.search(rf"\b{re.escape(word)}(?:s|es)?\b", lowered):  # magnet(s)
                 total += len(word)
         for word in self.keywords.get("zh", []):
             if word in text:
@@ -95,12 +95,12 @@ def draft_storyboard(
     fill = _Filler(request.topic)
     scenes = [
         Scene(
-            id=_scene_id(request.text, index),
+            id=derived_id(f"{index}:{request.text}"),
             visual=fill(part["visual"], number),
             narration=fill(part["narration"], number),
             on_screen_text=fill(part.get("on_screen", ""), number) or None,
             duration=seconds,
-            seed=_seed(request.text, index),
+            seed=derived_seed(f"{index}:{request.text}"),
         )
         for index, ((part, number), seconds) in enumerate(
             zip(_lesson_parts(words, generic, len(durations)), durations, strict=True)
@@ -183,16 +183,3 @@ class _Filler:
     def __call__(self, template: str, number: int) -> str:
         values = {**self.values, "n": str(number)}
         return self.PLACEHOLDER.sub(lambda match: values[match[1]], template)
-
-
-def _digest(text: str, index: int) -> bytes:
-    return hashlib.sha256(f"{index}:{text}".encode()).digest()
-
-
-def _scene_id(text: str, index: int) -> str:
-    return _digest(text, index).hex()[:8]
-
-
-def _seed(text: str, index: int) -> int:
-    return int.from_bytes(_digest(text, index)[8:12], "big") % (MAX_SEED + 1)
-

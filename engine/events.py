@@ -16,7 +16,7 @@ STREAM = "lessonreel:events"
 # The stream keeps about this many events; a render makes a few dozen.
 STREAM_MAXLEN = 20_000
 
-EventKind = Literal["queued", "started", "progress", "finished", "failed"]
+EventKind = Literal["queued", "started", "progress", "finished", "failed", "cancelled"]
 
 
 class RenderEvent(BaseModel):
@@ -25,13 +25,13 @@ class RenderEvent(BaseModel):
     scene: int | None = None  # 1-based scene being worked on
     scenes: int | None = None
     fraction: float = Field(0.0, ge=0.0, le=1.0)  # of the whole job
-    message: str = ""  # for "failed": the sentence to show the teacher
+    message: str = ""  # for "failed" and "cancelled": the sentence to show the teacher
     outputs: dict[str, str] = {}  # for "finished": name -> file path
     at: float = Field(default_factory=time.time)
 
     @property
     def is_final(self) -> bool:
-        return self.kind in ("finished", "failed")
+        return self.kind in ("finished", "failed", "cancelled")
 
 
 class EventLog:

@@ -28,7 +28,9 @@ class RenderSpec(BaseModel):
     conversation: str = Field(max_length=200)
     version: int = Field(ge=1)
     storyboard: Storyboard
-    out_dir: str = Field(max_length=4096)  # on storage the worker shares with the bot
+    # A folder name inside the media root, which every worker mounts (never a path: a job
+    # must not be able to make a worker write anywhere else).
+    output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     renderer: Literal["animatic"] = "animatic"
 
 
@@ -36,12 +38,15 @@ def new_job_id() -> str:
     return "r-" + secrets.token_hex(6)
 
 
-def render_queue(connection: redis.Redis, settings: Settings) -> Queue:
-    return Queue(settings.queue.name, connection=connection, serializer=JSONSerializer)
+def render_queue(connection: redis.Redis, settings: Settings, name: str | None = None) -> Queue:
+    """The shared render queue, or a named one (the demo renders on a private queue)."""
+    return Queue(name or settings.queue.name, connection=connection, serializer=JSONSerializer)
 
 
-def enqueue_render(connection: redis.Redis, settings: Settings, spec: RenderSpec) -> Job:
-    queue = render_queue(connection, settings)
+def enqueue_render(
+    connection: redis.Redis, settings: Settings, spec: RenderSpec, *, queue: Queue | None = None,
+) -> Job:
+    queue = queue or render_queue(connection, settings)
     job = queue.enqueue(
         RENDER_FUNCTION,
         spec.model_dump(mode="json"),

@@ -29,13 +29,16 @@ EN_ORDINALS = {
 ZH_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5,
              "六": 6, "七": 7, "八": 8, "九": 9}
 
-_EN_NUMBER = r"\d+(?:\.\d+)?|" + "|".join(sorted(EN_NUMBERS, key=len, reverse=True))
+# At most five digits: a 400-digit "length" must not overflow a float.
+_EN_NUMBER = r"\d{1,5}(?:\.\d{1,3})?|" + "|".join(sorted(EN_NUMBERS, key=len, reverse=True))
 _EN_UNITS = {
     "second": 1, "seconds": 1, "sec": 1, "secs": 1, "s": 1,
     "minute": 60, "minutes": 60, "min": 60, "mins": 60,
     "hour": 3600, "hours": 3600, "hr": 3600, "hrs": 3600,
 }
-# "30 seconds", "30-second", "1.5 minutes", "an hour", "30s" (but not "the 1960s").
+# "30 seconds", "30-second", "1.5 minutes", "an hour", "30s". Only a length when the words
+# around it say so (see _is_length): "the 24-hour clock", "what a second is" and "music of
+# the 60s" are topics, not lengths.
 EN_DURATION = re.compile(
     rf"(?<![\w'])(?P<num>{_EN_NUMBER})\s*-?\s*"
     r"(?P<unit>seconds?|secs?|minutes?|mins?|hours?|hrs?|s)\b"
@@ -43,14 +46,28 @@ EN_DURATION = re.compile(
     re.IGNORECASE,
 )
 EN_HALF = re.compile(r"\bhalf\s+(?:a|an)\s+(?P<unit>minute|hour)\b", re.IGNORECASE)
-ZH_NUMBER = r"\d+(?:\.\d+)?|[零一二两三四五六七八九十百半]+"
-ZH_DURATION = re.compile(
-    rf"(?:用|在|花)?(?P<num>{ZH_NUMBER})\s*(?:个)?\s*(?P<unit>秒钟|秒|分钟|分半钟|分半|分|小时|钟头)"
-    r"(?:以内|之内|左右|内)?"
+EN_CUE_BEFORE = re.compile(
+    r"(?:^|[,;:(]\s*|\b(?:in|within|under|about|around|roughly|approximately|for|of|lasting|"
+    r"total|exactly|max|maximum|most|only|just|it|be|is)\s+)$",
+    re.IGNORECASE,
 )
+EN_CUE_AFTER = re.compile(
+    r"^\s*(?:long|video|clip|lesson|explainer|animation|film|movie|reel|short|in total)\b",
+    re.IGNORECASE,
+)
+ZH_NUMBER = r"\d{1,5}(?:\.\d{1,3})?|[零一二两三四五六七八九十百半]{1,6}"
+# No bare 分: 百分比 (percent) and 二分之一 (one half) are topics; 1分30秒 is read whole.
+ZH_DURATION = re.compile(
+    rf"(?P<cue>用|在|花|约|大约|控制在)?(?P<num>{ZH_NUMBER})\s*(?:个)?\s*"
+    r"(?:(?P<unit>秒钟|秒|分钟|分半钟|分半|小时|钟头)|分\s*(?P<sec>\d{1,2}|[一二三四五六七八九十]{1,3})\s*秒)"
+)
+ZH_CUE_AFTER = re.compile(
+    r"^(?:的)?(?:视频|短片|动画|微课|课|讲|介绍|以内|之内|左右|内|[，。,.；;！!]|$)"
+)
+ZH_SUBJECTS = "物理|化学|生物|数学|历史|英语|语文|地理"
 
 EN_GRADE = re.compile(
-    r"\b(?:grade\s*(?P<n1>\d{1,2}|" + "|".join(EN_NUMBERS) + r")"
+    r"\b(?:grade\s*(?P<n1>\d{1,2}|" + "|".join(set(EN_NUMBERS) - {"a", "an"}) + r")"
     r"|(?P<n2>\d{1,2})(?:st|nd|rd|th)[\s-]*grade(?:rs)?"
     r"|(?P<ord>" + "|".join(EN_ORDINALS) + r")[\s-]*grade(?:rs)?"
     r"|(?P<year>year\s*(?P<y>\d{1,2}))"
@@ -60,10 +77,11 @@ EN_GRADE = re.compile(
 EN_STAGES = {"primary school": "Primary school", "elementary school": "Elementary school",
              "middle school": "Middle school", "high school": "High school",
              "university": "University", "college": "College", "adults": "Adults"}
+# 初一/高二 only count with something that says "students" around them: 提高一个 is not 高一.
 ZH_GRADE = re.compile(
-    r"(?:给|为|向|对)?(?:(?P<stage>[初高])(?P<n>[一二三])"
+    r"(?P<to>给|为|向|对|适合)?(?:(?P<stage>[初高])(?P<n>[一二三])"
     r"|(?P<g>[一二三四五六七八九]|\d{1,2})\s*年级"
-    r"|(?P<k>幼儿园|学前班))(?:的)?(?:学生们|学生|同学们|同学|小朋友|孩子们|孩子)?"
+    r"|(?P<k>幼儿园|学前班))(?:的)?(?P<who>学生们|学生|同学们|同学|小朋友|孩子们|孩子|生)?"
 )
 ZH_STAGES = {"小学": "小学生", "初中": "初中生", "高中": "高中生", "大学": "大学生"}
 
@@ -139,46 +157,52 @@ def read_request(
 
 def find_duration(text: str) -> tuple[int | None, tuple[int, int] | None]:
     """The total length the teacher asks for, in seconds, and where it was said."""
-    found: list[tuple[int, int, float]] = []  # start, end, seconds
+    found: list[tuple[int, int, float, bool]] = []  # start, end, seconds, said as a length
     for match in EN_DURATION.finditer(text):
         value = _en_number(match["num"])
         unit = match["unit"].lower()
-        if unit == "s" and value >= 1000:  # "the 1990s" is a decade, not a length
-            continue
+        cued = bool(EN_CUE_BEFORE.search(text[: match.start()])) or (
+            unit != "s" and bool(EN_CUE_AFTER.match(text[match.end():])))
         if match["half"]:
             value += 0.5
-        found.append((match.start(), match.end(), value * _EN_UNITS[unit]))
+        found.append((match.start(), match.end(), value * _EN_UNITS[unit], cued))
     for match in EN_HALF.finditer(text):
         seconds = 30 if match["unit"].lower() == "minute" else 1800
-        found.append((match.start(), match.end(), seconds))
+        cued = bool(EN_CUE_BEFORE.search(text[: match.start()]))
+        found.append((match.start(), match.end(), seconds, cued))
     for match in ZH_DURATION.finditer(text):
-        value = _zh_number(match["num"])
+        value = zh_number(match["num"])
         if value is None:
             continue
+        at_phrase_start = match.start() == 0 or text[match.start() - 1] in " ，。,.；;：:！!（("
+        cued = bool(match["cue"] or at_phrase_start or ZH_CUE_AFTER.match(text[match.end():]))
         unit = match["unit"]
-        if unit in ("分半钟", "分半"):
-            found.append((match.start(), match.end(), value * 60 + 30))
+        if match["sec"]:
+            seconds = value * 60 + (zh_number(match["sec"]) or 0)
+        elif unit in ("分半钟", "分半"):
+            seconds = value * 60 + 30
         else:
-            scale = 1 if unit.startswith("秒") else 3600 if unit in ("小时", "钟头") else 60
-            found.append((match.start(), match.end(), value * scale))
-    if not found:
-        return None, None
+            seconds = value * (1 if unit.startswith("秒") else 3600 if unit in ("小时", "钟头")
+                               else 60)
+        found.append((match.start(), match.end(), seconds, cued))
     found.sort()
-    start, end, total = found[0]
-    # "1 minute 30 seconds", "1分30秒": a smaller unit right after the first one adds to it.
-    for next_start, next_end, value in found[1:]:
+    first = next((i for i, item in enumerate(found) if item[3]), None)
+    if first is None:
+        return None, None
+    start, end, total, _cued = found[first]
+    # "1 minute 30 seconds": a smaller unit right after the first one adds to it.
+    for next_start, next_end, value, _ in found[first + 1:first + 2]:
         gap = text[end:next_start]
         if len(gap) <= 5 and re.fullmatch(r"[\s,]*(?:and)?[\s,]*", gap) and value < total:
             total += value
             end = next_end
-        break
     return round(total), (start, end)
 
 
 def find_audience(text: str) -> tuple[int | None, str | None, list[tuple[int, int]]]:
     """The grade (0 kindergarten … 12) and how to name the audience, and where they were said."""
     spans: list[tuple[int, int]] = []
-    match = ZH_GRADE.search(text)
+    match = next((m for m in ZH_GRADE.finditer(text) if _is_audience(text, m)), None)
     if match:
         spans.append(match.span())
         if match["stage"]:
@@ -208,12 +232,22 @@ def find_audience(text: str) -> tuple[int | None, str | None, list[tuple[int, in
     return None, None, spans
 
 
+def _is_audience(text: str, match: re.Match) -> bool:
+    if not match["stage"]:
+        return True  # 七年级, 幼儿园: never anything else
+    before = text[: match.start()]
+    after = text[match.end():]
+    return bool(match["to"] or match["who"] or not before.strip(" ，,")
+                or re.match(rf"^(?:[，。,.；;！!]|$|{ZH_SUBJECTS})", after))
+
+
 def find_topic(text: str, spans: list[tuple[int, int]]) -> str:
     """What is left of the request once length, audience and instructions are taken out."""
     for start, end in sorted(spans, reverse=True):
         text = text[:start] + "," + text[end:]
     phrases = [_strip_filler(phrase) for phrase in PHRASE_BREAK.split(text)]
-    topic = max(phrases, key=len, default="")
+    # The longest phrase; on a tie the later one ("初二物理：浮力" is about 浮力).
+    topic = max(reversed(phrases), key=len, default="")
     return topic[:60].strip()
 
 
@@ -242,7 +276,7 @@ def _en_number(raw: str) -> float:
     return float(EN_NUMBERS[raw]) if raw in EN_NUMBERS else float(raw)
 
 
-def _zh_number(raw: str) -> float | None:
+def zh_number(raw: str) -> float | None:
     """Arabic digits or Chinese numerals up to the hundreds: 30, 三十, 一百二十, 半."""
     if raw[0].isdigit():
         return float(raw)

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from engine.errors import SettingsError
 from engine.paths import CONFIG_DIR
-from engine.storyboard import Aspect, Language
+from engine.storyboard import MIN_SCENE_SECONDS, Aspect, Language
 
 ENV_PREFIX = "LESSONREEL_"
 DEFAULT_FILE = CONFIG_DIR / "default.toml"
@@ -58,6 +58,16 @@ class RenderSettings(_Section):
     font_path: str = ""
 
 
+class LLMSettings(_Section):
+    model_path: str = ""
+    gpu_layers: int = Field(-1, ge=-1, le=1000)
+    context: int = Field(8192, ge=512, le=131_072)
+    threads: int = Field(0, ge=0, le=256)
+    max_tokens: int = Field(3072, ge=256, le=32_768)
+    temperature: float = Field(0.4, ge=0.0, le=2.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class QueueSettings(_Section):
     name: str = Field("render", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
     job_timeout_seconds: int = Field(1800, ge=30, le=86_400)
@@ -71,7 +81,27 @@ class Settings(_Section):
     limits: LimitsSettings = LimitsSettings()
     storyboard: StoryboardSettings = StoryboardSettings()
     render: RenderSettings = RenderSettings()
+    llm: LLMSettings = LLMSettings()
     queue: QueueSettings = QueueSettings()
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> Settings:
+        limits, board = self.limits, self.storyboard
+        shortest = board.title_card_seconds + MIN_SCENE_SECONDS
+        if limits.min_total_seconds < shortest:
+            raise ValueError(
+                f"limits.min_total_seconds ({limits.min_total_seconds}) must be at least "
+                f"storyboard.title_card_seconds + {MIN_SCENE_SECONDS} ({shortest})")
+        if limits.min_total_seconds > limits.max_total_seconds:
+            raise ValueError(
+                f"limits.min_total_seconds ({limits.min_total_seconds}) must not exceed "
+                f"limits.max_total_seconds ({limits.max_total_seconds})")
+        if not limits.min_total_seconds <= board.total_seconds <= limits.max_total_seconds:
+            raise ValueError(
+                f"storyboard.total_seconds ({board.total_seconds}) must lie between "
+                f"limits.min_total_seconds ({limits.min_total_seconds}) and "
+                f"limits.max_total_seconds ({limits.max_total_seconds})")
+        return self
 
     @property
     def data_path(self) -> Path:
@@ -136,7 +166,7 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"{what} names {path}, which does not exist.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         reason = exc.__class__.__name__
         raise SettingsError(f"{what} file {path} cannot be read ({reason}).") from None
     except tomllib.TOMLDecodeError as exc:
@@ -157,6 +187,8 @@ def _overlay(
 
 def _explain(error: Mapping[str, Any], origins: Mapping[tuple[str, ...], str]) -> str:
     loc = tuple(str(part) for part in error["loc"])
+    if not loc:  # a rule about several keys: its message names them
+        return f"The settings do not fit together: {error['msg'].removeprefix('Value error, ')}."
     key = ".".join(loc)
     origin = origins.get(loc) or next(
         (source for key, source in origins.items() if key[: len(loc)] == loc), "the settings"
@@ -200,6 +232,8 @@ def _allowed(loc: tuple[str, ...]) -> str:
         return "a table of settings"
     bounds = {type(meta): meta for meta in info.metadata}
     low, high = bounds.get(annotated_types.Ge), bounds.get(annotated_types.Le)
+    if annotation is float and low and high:
+        return f"a number from {low.ge} to {high.le}"
     if annotation is int:
         if low and high:
             return f"a whole number from {low.ge} to {high.le}"

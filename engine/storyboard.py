@@ -7,7 +7,9 @@ makes a new one (`revise`), and `engine.history` keeps every version readable.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -118,6 +120,21 @@ class Storyboard(_Frozen):
                 f"This storyboard runs {format_seconds(self.total_seconds)}, longer than the "
                 f"{format_seconds(max_total_seconds)} limit; shorten or remove a scene."
             )
+
+
+def derived_id(salt: str, taken: Collection[str] = ()) -> str:
+    """A scene id made from `salt` (so drafts and edits are repeatable) that is not `taken`."""
+    counter = 0
+    while True:
+        candidate = hashlib.sha256(f"{counter}:{salt}".encode()).hexdigest()[:8]
+        if candidate not in taken:
+            return candidate
+        counter += 1
+
+
+def derived_seed(salt: str) -> int:
+    digest = hashlib.sha256(f"seed:{salt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (MAX_SEED + 1)
 
 
 def storyboard_json_schema() -> dict[str, Any]:

@@ -16,8 +16,10 @@ from engine.storyboard import Storyboard
 
 # Captions longer than this are split at a sentence or clause, then at a word.
 MAX_CUE_CHARS = {"en": 84, "zh": 32}
-SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])\s*")
-CLAUSE_END = re.compile(r"(?<=[,，、:：])\s*")
+# Latin punctuation ends a sentence only before a space ("3.14", "e.g.", "example.com" stay
+# whole); Chinese punctuation always does.
+SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*")
+CLAUSE_END = re.compile(r"(?<=[,:])\s+|(?<=[，、：])\s*")
 # A short breath at the start and end of a scene with no caption on screen.
 EDGE_SECONDS = 0.25
 

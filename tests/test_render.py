@@ -186,6 +186,16 @@ def test_an_image_outside_the_uploads_folder_is_never_opened(settings, tmp_path)
         render_to_folder(storyboard, tmp_path / "out", settings)
 
 
+@pytest.mark.parametrize("aspect", ["16:9", "9:16"])
+def test_a_word_wider_than_the_frame_wraps_instead_of_failing(settings, tmp_path, aspect):
+    word = "pneumonoultramicroscopicsilicovolcanoconiosis"
+    storyboard = make_storyboard((2,), aspect=aspect, narrations=(f"{word} {word}.",))
+    storyboard = storyboard.revise(title=word, scenes=[
+        dict(storyboard.scenes[0].model_dump(), on_screen_text=word)])
+    outputs = render_to_folder(storyboard, tmp_path, settings)
+    assert probe(outputs["video"]).frames == 3 * 24
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused(settings, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

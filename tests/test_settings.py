@@ -61,6 +61,33 @@ def test_a_bad_value_stops_start_up_naming_key_source_and_what_is_allowed(enviro
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"LESSONREEL_LIMITS__MAX_TOTAL_SECONDS": "30"},
+         "storyboard.total_seconds (45) must lie between limits.min_total_seconds (6) and "
+         "limits.max_total_seconds (30)"),
+        ({"LESSONREEL_STORYBOARD__TITLE_CARD_SECONDS": "5"},
+         "limits.min_total_seconds (6) must be at least storyboard.title_card_seconds + 2 (7)"),
+        ({"LESSONREEL_LIMITS__MIN_TOTAL_SECONDS": "60",
+          "LESSONREEL_LIMITS__MAX_TOTAL_SECONDS": "50",
+          "LESSONREEL_STORYBOARD__TOTAL_SECONDS": "55"},
+         "limits.min_total_seconds (60) must not exceed limits.max_total_seconds (50)"),
+    ],
+)
+def test_settings_that_contradict_each_other_stop_start_up(environ, expected):
+    with pytest.raises(SettingsError, match="do not fit together") as caught:
+        load_settings(environ)
+    assert expected in str(caught.value)
+
+
+def test_a_config_path_through_a_file_is_a_clear_error(tmp_path: Path):
+    blocker = tmp_path / "hostname"
+    blocker.write_text("x")
+    with pytest.raises(SettingsError, match="cannot be read"):
+        load_settings({"LESSONREEL_CONFIG": str(blocker / "x.toml")})
+
+
 def test_invalid_toml_file_is_named_with_the_parse_error(tmp_path: Path):
     config = tmp_path / "broken.toml"
     config.write_text("[render\nfps = 30\n")

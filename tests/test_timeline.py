@@ -47,6 +47,16 @@ def test_long_narration_is_cut_into_caption_sized_phrases():
     assert " ".join(phrases) == text
 
 
+def test_decimals_abbreviations_and_addresses_stay_whole():
+    text = ("Pi is about 3.14 and a kilometre is 1,000 metres, e.g. a long walk. "
+            "Read more at example.com today, then try the quiz.")
+    phrases = split_caption(text, "en")
+    joined = " | ".join(phrases)
+    for whole in ("3.14", "1,000", "e.g.", "example.com"):
+        assert whole in joined
+    assert " ".join(phrases) == text
+
+
 def test_chinese_narration_is_cut_at_punctuation():
     text = ("植物通过叶片上的气孔吸收二氧化碳，通过根吸收水分。"
             "然后利用阳光的能量，把它们变成糖和氧气。")

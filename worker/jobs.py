@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from rq import get_current_job
 
@@ -23,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # A progress event at most this often: a chat status edit per event would hit rate limits.
 PROGRESS_INTERVAL_SECONDS = 0.5
+STOPPED = "The render was stopped before it finished; nothing was saved."
 INTERNAL_ERROR = (
     "The render failed because of a problem on our side, not in your storyboard; "
     "try again, and if it keeps failing ask your IT contact to check the worker log (job {job})."
@@ -41,7 +41,7 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         settings = load_settings()
         reporter = _ProgressReporter(events, spec, build_timeline(spec.storyboard,
                                                                   settings.render.fps))
-        outputs = render_to_folder(spec.storyboard, Path(spec.out_dir), settings,
+        outputs = render_to_folder(spec.storyboard, settings.media_path / spec.output, settings,
                                    progress=reporter)
     except UserError as exc:
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=str(exc)))
@@ -50,6 +50,9 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         log.exception("render %s failed", spec.job_id)
         message = INTERNAL_ERROR.format(job=spec.job_id)
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=message))
+        raise
+    except BaseException:  # Ctrl-C, SystemExit: stopped, not broken; nothing was kept
+        events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled", message=STOPPED))
         raise
     result = {name: str(path) for name, path in outputs.items()}
     events.publish(RenderEvent(
@@ -74,8 +77,9 @@ class _ProgressReporter:
         if now - self.last_sent < PROGRESS_INTERVAL_SECONDS and done < total:
             return
         self.last_sent = now
+        frame = min(done, total - 1)  # the last report is about the last frame, not past it
         scene = next((segment.scene_index for segment in self.timeline.segments
-                      if segment.start_frame <= done < segment.end_frame), None)
+                      if segment.start_frame <= frame < segment.end_frame), None)
         self.events.publish(RenderEvent(
             job_id=self.spec.job_id, kind="progress",
             scene=None if scene is None else scene + 1,

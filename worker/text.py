@@ -54,7 +54,7 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, max_width: int, max_lines: int
     """Break text into lines no wider than max_width (a word or a hanzi at a time)."""
     lines: list[str] = []
     current = ""
-    for token in _TOKEN.findall(text):
+    for token in _tokens(text, font, max_width):
         candidate = current + token
         fits = font.getlength(candidate.rstrip()) <= max_width
         if fits or not current.strip() or token[0] in _NO_LINE_START:
@@ -68,6 +68,17 @@ def wrap(text: str, font: ImageFont.FreeTypeFont, max_width: int, max_lines: int
         lines = lines[:max_lines]
         lines[-1] = _ellipsize(lines[-1], font, max_width)
     return lines
+
+
+def _tokens(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
+    """Words and hanzi; a word wider than a whole line is cut into letters that can wrap."""
+    tokens: list[str] = []
+    for token in _TOKEN.findall(text):
+        if not token.isspace() and font.getlength(token) > max_width:
+            tokens.extend(token)
+        else:
+            tokens.append(token)
+    return tokens
 
 
 def _ellipsize(line: str, font: ImageFont.FreeTypeFont, max_width: int) -> str:
@@ -95,8 +106,15 @@ class Overlay:
         """A copy of `frame` with this overlay on top."""
         out = frame.copy()
         height, width = self.keep.shape[:2]
-        region = out[self.y : self.y + height, self.x : self.x + width]
-        mixed = region.astype(np.float32) * self.keep + self.colour
+        # Clip to the frame: an overlay hanging over an edge is cut, never an error.
+        top, left = max(self.y, 0), max(self.x, 0)
+        bottom = min(self.y + height, frame.shape[0])
+        right = min(self.x + width, frame.shape[1])
+        if top >= bottom or left >= right:
+            return out
+        inside = (slice(top - self.y, bottom - self.y), slice(left - self.x, right - self.x))
+        region = out[top:bottom, left:right]
+        mixed = region.astype(np.float32) * self.keep[inside] + self.colour[inside]
         region[...] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
         return out
 
