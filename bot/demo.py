@@ -20,10 +20,12 @@ from rich.console import Console
 
 from bot.terminal import RenderProgress, print_outputs, storyboard_table
 from engine.connection import connect
-from engine.drafter import draft_storyboard
+from engine.dialogue import Dialogue
+from engine.drafter import styles
+from engine.errors import RequestError
 from engine.events import EventLog, RenderEvent
-from engine.history import StoryboardHistory
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
+from engine.llm import StoryboardLLM
 from engine.settings import load_settings
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
@@ -46,22 +48,21 @@ class DemoOptions:
 def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     settings = load_settings()
     font_file(settings.render.font_path)  # a bad font path is a start-up error, not a failed job
-    draft = draft_storyboard(options.request, settings, language=options.language,
-                             aspect=options.aspect)
-    storyboard = draft.storyboard
-    job_id = new_job_id()
     if options.out:
-        prepare_output_dir(options.out)  # refuse an unwritable --out before rendering
-
-    console.print(storyboard_table(storyboard))
-    console.print(f"Drafted by the rule-based drafter ({draft.subject} template); "
-                  "no language model is installed.", markup=False)
-    for note in draft.notes:
-        console.print(f"Note: {note}", markup=False)
+        prepare_output_dir(options.out)  # refuse an unwritable --out before anything else
+    llm = StoryboardLLM(settings, list(styles())) if settings.llm.model_path else None
 
     connection = connect(settings)
+    job_id = new_job_id()
     conversation = f"console:{job_id}"
-    version = StoryboardHistory(connection).append(conversation, storyboard, "drafted")
+    reply = Dialogue(connection, settings, llm).turn(
+        conversation, options.request, language=options.language, aspect=options.aspect)
+    if reply.storyboard is None:
+        raise RequestError(reply.message)
+    storyboard, version = reply.storyboard, reply.version
+    console.print(storyboard_table(storyboard))
+    console.print(reply.text, markup=False)
+
     events = EventLog(connection)
     after = events.last_id()
     spec = RenderSpec(job_id=job_id, conversation=conversation, version=version,

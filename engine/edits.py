@@ -221,7 +221,8 @@ def _new_seed(storyboard: Storyboard, match: re.Match) -> Storyboard:
 
 def _total_length(storyboard: Storyboard, match: re.Match) -> Storyboard | None:
     seconds, span = find_duration(match["len"])
-    if seconds is None or span is None or match["len"][span[1]:].strip(" 长左右以内"):
+    rest = match["len"][span[1]:] if span else ""
+    if seconds is None or not re.fullmatch(r"\s*(?:long|in total|total|长|左右|以内)?\s*", rest):
         return None  # not only a length: let the language model read it
     body = seconds - storyboard.title_card_seconds
     scenes = _scenes(storyboard)

@@ -7,8 +7,10 @@ did scene 3 say before?" always have an answer.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 from pydantic import BaseModel
@@ -66,3 +68,34 @@ class _Record(BaseModel):
 
     def as_version(self, number: int) -> StoryboardVersion:
         return StoryboardVersion(number, self.storyboard, self.note, self.created_at)
+
+
+TURNS_PREFIX = "lessonreel:turns:"
+MAX_TURNS = 8  # what the language model sees of the conversation: the last few exchanges
+MAX_TURN_CHARS = 600
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["teacher", "assistant"]
+    text: str
+
+
+class RecentTurns:
+    """The last few messages of a conversation, oldest first, each cut to a bounded length."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self._redis = connection
+
+    def add(self, conversation: str, turn: Turn) -> None:
+        key = TURNS_PREFIX + conversation
+        record = json.dumps({"role": turn.role, "text": turn.text[:MAX_TURN_CHARS]},
+                            ensure_ascii=False)
+        pipe = self._redis.pipeline()
+        pipe.rpush(key, record)
+        pipe.ltrim(key, -MAX_TURNS, -1)
+        pipe.execute()
+
+    def recent(self, conversation: str) -> list[Turn]:
+        raw = self._redis.lrange(TURNS_PREFIX + conversation, 0, -1)
+        return [Turn(item["role"], item["text"]) for item in map(json.loads, raw)]

@@ -12,19 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+import sys
+import unicodedata
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import SettingsError, UserError
+from engine.history import Turn
 from engine.paths import PROMPTS_DIR
 from engine.settings import Settings
 from engine.storyboard import (
     MAX_SCENE_SECONDS,
     MAX_SCENES,
     MIN_SCENE_SECONDS,
+    REFUSED_CATEGORIES,
     Aspect,
     Audience,
     Language,
@@ -47,6 +51,11 @@ MAX_REPLY_CHARS = 300
 OPEN_FENCE, CLOSE_FENCE = "<<<TEACHER", "TEACHER>>>"
 Seconds = Literal[2, 3, 4, 5, 6, 7, 8, 9, 10]  # an enum: the converter ignores integer bounds
 assert set(Seconds.__args__) == set(range(MIN_SCENE_SECONDS, MAX_SCENE_SECONDS + 1))
+
+
+CHAT_OVERHEAD_TOKENS = 32  # the chat template's own tokens around the two messages
+TOO_LONG = ("That message, with the storyboard, is too long for the language model; "
+            "say it more briefly, or ask your IT contact to raise llm.context.")
 
 
 class LLMError(UserError):
@@ -75,12 +84,6 @@ class Answer(BaseModel):
     reply: str = Field(max_length=MAX_REPLY_CHARS)
 
 
-@dataclass(frozen=True)
-class Turn:
-    role: Literal["teacher", "assistant"]
-    text: str
-
-
 def answer_schema(style_names: list[str]) -> dict[str, Any]:
     schema = Answer.model_json_schema()
     schema["properties"]["style"] = {"enum": list(style_names), "type": "string"}
@@ -106,13 +109,36 @@ def build_grammar(schema: dict[str, Any]) -> str:
 def _no_control_characters(grammar: str) -> str:
     """Replace the converter's string-character rule by one that admits no control characters.
 
-    A raw control character breaks strict JSON, and an escaped one (\\n, \\u0000) would only be
-    refused by validation later; so a string holds printable characters and \\" \\\\ \\/ only.
+    A raw control character breaks strict JSON, and an escaped one (\\n, \\u0000) or a format
+    character (a zero-width space, U+06DD) would only be refused by validation later; so a
+    string holds what the storyboard accepts, plus the escapes \\" \\\\ \\/.
     """
     rule = re.compile(r"^char ::= .*$", re.M)
     if not rule.search(grammar):
         raise SettingsError("The storyboard grammar has no string-character rule to restrict.")
-    return rule.sub(r'char ::= [^"\\\\\\x00-\\x1F\\x7F] | "\\\\" ["\\\\/]', grammar)
+    allowed = f'char ::= [^"\\\\{_refused_ranges()}] | "\\\\" ["\\\\/]'
+    return rule.sub(lambda _match: allowed, grammar)
+
+
+@cache
+def _refused_ranges() -> str:
+    """The code points the storyboard refuses (unicodedata's Cc and Cf), as GBNF ranges."""
+    refused = [cp for cp in range(sys.maxunicode + 1)
+               if unicodedata.category(chr(cp)) in REFUSED_CATEGORIES]
+    ranges: list[tuple[int, int]] = []
+    for cp in refused:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    return "".join(_gbnf_char(lo) if lo == hi else f"{_gbnf_char(lo)}-{_gbnf_char(hi)}"
+                   for lo, hi in ranges)
+
+
+def _gbnf_char(cp: int) -> str:
+    if cp <= 0xFF:
+        return f"\\x{cp:02X}"
+    return f"\\u{cp:04X}" if cp <= 0xFFFF else f"\\U{cp:08X}"
 
 
 class StoryboardLLM:
@@ -149,16 +175,24 @@ class StoryboardLLM:
             styles=", ".join(style_names),
         )
 
-    def answer(self, current: Storyboard | None, turns: list[Turn], message: str) -> Answer:
-        """The model's answer to `message`, validated; LLMError after two invalid tries."""
+    def answer(self, current: Storyboard | None, turns: list[Turn], message: str, *,
+               language: str | None = None) -> Answer:
+        """The model's answer to `message`, validated; LLMError after two invalid tries.
+
+        `language` asks for a first draft in that language ("en", "zh")."""
+        prompt = self._fitted_prompt(current, turns, message, language)
         messages = [{"role": "system", "content": self._system},
-                    {"role": "user", "content": user_prompt(current, turns, message)}]
+                    {"role": "user", "content": prompt}]
         problem = ""
         for attempt in (1, 2):
-            completion = self._llama.create_chat_completion(
-                messages=messages, grammar=self._grammar, max_tokens=self.settings.max_tokens,
-                temperature=self.settings.temperature,
-            )
+            try:
+                completion = self._llama.create_chat_completion(
+                    messages=messages, grammar=self._grammar,
+                    max_tokens=self.settings.max_tokens, temperature=self.settings.temperature,
+                )
+            except (ValueError, RuntimeError) as exc:  # llama.cpp refused the request
+                log.warning("llama.cpp failed: %s", exc)
+                raise LLMError(TOO_LONG) from None
             choice = completion["choices"][0]
             text = choice["message"]["content"] or ""
             try:
@@ -177,10 +211,34 @@ class StoryboardLLM:
         )
 
 
-def user_prompt(current: Storyboard | None, turns: list[Turn], message: str) -> str:
+    def _fitted_prompt(self, current: Storyboard | None, turns: list[Turn], message: str,
+                       language: str | None) -> str:
+        """The user prompt, with the oldest turns dropped until it leaves room for the answer."""
+        budget = self.settings.context - self.settings.max_tokens - CHAT_OVERHEAD_TOKENS
+        budget -= self._count(self._system)
+        turns = list(turns)
+        while True:
+            prompt = user_prompt(current, turns, message, language)
+            if self._count(prompt) <= budget:
+                return prompt
+            if not turns:
+                raise LLMError(TOO_LONG)
+            turns.pop(0)
+
+    def _count(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+LANGUAGE_NAMES = {"en": "English", "zh": "Simplified Chinese"}
+
+
+def user_prompt(current: Storyboard | None, turns: list[Turn], message: str,
+                language: str | None = None) -> str:
     """The model's view of the conversation; the teacher's words fenced as data."""
     if current is None:
         board = "No storyboard yet: draft a new one from the message."
+        if language in LANGUAGE_NAMES:
+            board += f" Write it in {LANGUAGE_NAMES[language]} (language {language!r})."
     else:
         shown = current.model_dump(exclude={"grade", "title_card_seconds"})
         shown["style"] = current.style.name

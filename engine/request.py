@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from engine.errors import RequestError
-from engine.storyboard import format_seconds
+from engine.storyboard import REFUSED_CATEGORIES, format_seconds
 
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -119,10 +119,7 @@ def read_request(
     language: str | None = None,
 ) -> TeacherRequest:
     """Parse a request; raise RequestError with a sentence the teacher can act on."""
-    # Control and format characters never belong in a storyboard: drop them before anything else.
-    text = "".join(ch for ch in (text or "") if unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
-                   or ch in "\t\n\r")
-    text = " ".join(text.split())
+    text = clean_text(text)
     if not text:
         raise RequestError(
             "The request is empty; say what the video should teach, "
@@ -153,6 +150,13 @@ def read_request(
             'e.g. "Explain photosynthesis to grade 7 in 30 seconds".'
         )
     return TeacherRequest(text, topic, language or detected, seconds, grade, audience)
+
+
+def clean_text(text: str) -> str:
+    """Drop control and format characters (they never belong in a storyboard); one space."""
+    kept = "".join(ch for ch in (text or "")
+                   if unicodedata.category(ch) not in REFUSED_CATEGORIES or ch in "\t\n\r")
+    return " ".join(kept.split())
 
 
 def find_duration(text: str) -> tuple[int | None, tuple[int, int] | None]:

@@ -101,6 +101,10 @@ class Settings(_Section):
                 f"storyboard.total_seconds ({board.total_seconds}) must lie between "
                 f"limits.min_total_seconds ({limits.min_total_seconds}) and "
                 f"limits.max_total_seconds ({limits.max_total_seconds})")
+        if self.llm.max_tokens + 1024 > self.llm.context:
+            raise ValueError(
+                f"llm.context ({self.llm.context}) must leave at least 1024 tokens for the "
+                f"prompt beyond llm.max_tokens ({self.llm.max_tokens})")
         return self
 
     @property

@@ -32,12 +32,16 @@ MAX_SCENE_SECONDS = 10
 MAX_SEED = 2**31 - 1
 
 
+# Control and format characters: they break captions, JSON and chats (surrogates: invalid).
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+
+
 def _clean(text: Any) -> Any:
     """Collapse whitespace and refuse control characters: they break captions, JSON and chats."""
     if not isinstance(text, str):
         return text  # the str validator that follows names the type error
     text = " ".join(text.split())
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in text):
+    if any(unicodedata.category(ch) in REFUSED_CATEGORIES for ch in text):
         raise ValueError("contains control characters")
     return text
 

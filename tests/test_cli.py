@@ -80,7 +80,7 @@ def _unwritable_out(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("empty", "The request is empty"),
+        ("empty", "is empty; say what"),
         ("huge", "20,000 characters long"),
         ("two hours", "at most 3 min"),
         ("bad lang", "--lang: must be one of en, zh, not 'xx'"),
@@ -207,3 +207,19 @@ def test_ctrl_c_stops_the_demo_at_once_and_leaves_no_video(tmp_path):
     assert "stopped" in stderr and "Traceback" not in stderr
     assert not list(out.glob("*.mp4"))
     assert not list(media.rglob("*.mp4")), "no partial video anywhere"
+
+
+def test_demo_drafts_with_the_local_language_model_when_one_is_configured(tmp_path):
+    from tests.tiny_gguf import build_tiny_gguf
+
+    model = build_tiny_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "out"
+    result = run_cli("demo", "Explain photosynthesis to grade 7 in 30 seconds", "--out", str(out),
+                     env_extra={"LESSONREEL_LLM__MODEL_PATH": str(model),
+                                "LESSONREEL_LLM__CONTEXT": "16384"},
+                     data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    assert "language model is not installed" not in result.stdout
+    storyboard = json.loads((out / "storyboard.json").read_text(encoding="utf-8"))
+    total = storyboard["title_card_seconds"] + sum(s["duration"] for s in storyboard["scenes"])
+    assert probe(out / "video.mp4").seconds == pytest.approx(total, rel=0.05)
