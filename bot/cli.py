@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,11 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="storyboard language (default: the request's)")
     demo.add_argument("--aspect", type=_one_of(ASPECTS),
                       help="16:9, 9:16 or 1:1 (default from settings)")
+    demo.add_argument("--model", type=Path, help="render with the diffusers pipeline saved in "
+                      "this folder (one with model_index.json)")
     demo.set_defaults(handler=_demo)
 
     worker = commands.add_parser("worker", help="render jobs from the queue")
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     worker.set_defaults(handler=_worker)
+
+    models = commands.add_parser("models", help="video model presets: list, pull")
+    models.add_argument("action", choices=["list", "pull"])
+    models.add_argument("preset", nargs="?", help="the preset to pull")
+    models.set_defaults(handler=_models)
 
     bench = commands.add_parser("bench", help="measure performance")
     bench.add_argument("suite", choices=["compose"], help="what to measure")
@@ -81,6 +89,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     from bot.demo import DemoOptions, run_demo
 
+    if args.model:
+        # The in-process worker reads its settings from the environment, like any worker.
+        os.environ["LESSONREEL_DIFFUSION__MODEL_PATH"] = str(args.model.resolve())
+        os.environ["LESSONREEL_DIFFUSION__RENDERER"] = "diffusion"
     options = DemoOptions(request=args.request, out=args.out, language=args.lang,
                           aspect=args.aspect)
     return run_demo(options, Console(), Console(stderr=True))
@@ -93,6 +105,32 @@ def _worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     run_worker(settings, connect(settings), burst=args.burst)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.settings import load_settings
+    from worker.models_cli import installed_presets, pull
+
+    settings = load_settings()
+    if args.action == "pull":
+        if not args.preset:
+            raise UserError("Name the preset to pull, e.g. 'lessonreel models pull "
+                            "wan2.1-t2v-1.3b'; 'lessonreel models list' shows them.")
+        print(f"Downloaded to {pull(settings, args.preset)}")
+        return 0
+    table = Table(title=f"Video model presets (weights in {settings.models_path})")
+    table.add_column("preset", no_wrap=True)
+    for column in ("model", "pipelines", "installed"):
+        table.add_column(column, overflow="fold")
+    for preset, folder, present in installed_presets(settings):
+        pipelines = " + ".join(filter(None, (preset.text_to_video, preset.image_to_video)))
+        table.add_row(preset.name, preset.title, pipelines,
+                      f"yes ({folder})" if present else "no")
+    Console().print(table)
     return 0
 
 

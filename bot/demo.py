@@ -26,6 +26,7 @@ from engine.errors import RequestError
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from engine.llm import StoryboardLLM
+from engine.presets import plan_for
 from engine.settings import load_settings
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
@@ -48,6 +49,7 @@ class DemoOptions:
 def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     settings = load_settings()
     font_file(settings.render.font_path)  # a bad font path is a start-up error, not a failed job
+    plan_for(settings, "16:9")  # so is a video model that is asked for but cannot be used
     if options.out:
         prepare_output_dir(options.out)  # refuse an unwritable --out before anything else
     llm = StoryboardLLM(settings, list(styles())) if settings.llm.model_path else None
@@ -89,6 +91,8 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     if options.out:
         outputs = move_outputs(outputs, options.out)
     print_outputs(console, outputs)
+    for note in final.notes:
+        console.print(f"Note: {note}", markup=False)
     return 0
 
 

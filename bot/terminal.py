@@ -73,7 +73,10 @@ class RenderProgress:
         self._progress.stop()
 
     def show(self, event: RenderEvent) -> None:
-        if event.kind == "progress" and event.scene:
+        if event.kind == "progress" and event.scene and event.step:
+            description = (f"Rendering scene {event.scene}/{event.scenes}, "
+                           f"step {event.step}/{event.steps}")
+        elif event.kind == "progress" and event.scene:
             description = f"Rendering scene {event.scene}/{event.scenes}"
         elif event.kind == "progress":
             description = "Rendering the title card"

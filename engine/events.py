@@ -24,9 +24,12 @@ class RenderEvent(BaseModel):
     kind: EventKind
     scene: int | None = None  # 1-based scene being worked on
     scenes: int | None = None
+    step: int | None = None  # denoising step within the scene, for model renders
+    steps: int | None = None
     fraction: float = Field(0.0, ge=0.0, le=1.0)  # of the whole job
     message: str = ""  # for "failed" and "cancelled": the sentence to show the teacher
     outputs: dict[str, str] = {}  # for "finished": name -> file path
+    notes: list[str] = []  # for "finished": what the teacher should know (e.g. degraded)
     at: float = Field(default_factory=time.time)
 
     @property

@@ -13,7 +13,8 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, Field
 from rq import Queue
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.events import EventLog, RenderEvent
@@ -32,6 +33,33 @@ class RenderSpec(BaseModel):
     # must not be able to make a worker write anywhere else).
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     renderer: Literal["animatic"] = "animatic"
+
+
+CANCEL_PREFIX = "lessonreel:cancel:"
+
+
+class JobCancelled(Exception):
+    """Raised inside a render when its job was cancelled: checked at every denoising step."""
+
+
+def request_cancel(connection: redis.Redis, settings: Settings, job_id: str) -> None:
+    """Cancel a job: a queued one never starts, a running one stops at its next step."""
+    connection.set(CANCEL_PREFIX + job_id, "1", ex=settings.queue.job_timeout_seconds)
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return
+    if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        job.cancel()
+        EventLog(connection).publish(RenderEvent(job_id=job_id, kind="cancelled",
+                                                 message=CANCELLED_MESSAGE))
+
+
+def cancel_requested(connection: redis.Redis, job_id: str) -> bool:
+    return bool(connection.exists(CANCEL_PREFIX + job_id))
+
+
+CANCELLED_MESSAGE = "The render was cancelled; nothing was saved."
 
 
 def new_job_id() -> str:

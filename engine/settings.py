@@ -68,6 +68,19 @@ class LLMSettings(_Section):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
+class DiffusionSettings(_Section):
+    renderer: Literal["auto", "animatic", "diffusion"] = "auto"
+    preset: str = Field("wan2.1-t2v-1.3b", min_length=1, max_length=80)
+    models_dir: str = ""
+    model_path: str = ""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")
+    steps: int = Field(0, ge=0, le=200)
+    max_side: int = Field(0, ge=0, le=4096)
+    max_frames: int = Field(0, ge=0, le=1024)
+    guidance: float = Field(-1.0, ge=-1.0, le=30.0)
+    cache_clips: bool = True
+
+
 class QueueSettings(_Section):
     name: str = Field("render", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
     job_timeout_seconds: int = Field(1800, ge=30, le=86_400)
@@ -82,6 +95,7 @@ class Settings(_Section):
     storyboard: StoryboardSettings = StoryboardSettings()
     render: RenderSettings = RenderSettings()
     llm: LLMSettings = LLMSettings()
+    diffusion: DiffusionSettings = DiffusionSettings()
     queue: QueueSettings = QueueSettings()
 
     @model_validator(mode="after")
@@ -118,6 +132,18 @@ class Settings(_Section):
     def media_path(self) -> Path:
         """The media root: rendered videos live here, and share links serve only from here."""
         return self.data_path / "media"
+
+    @property
+    def models_path(self) -> Path:
+        """Where presets' weights live, one folder each."""
+        if self.diffusion.models_dir:
+            return Path(self.diffusion.models_dir).expanduser()
+        return self.data_path / "models"
+
+    @property
+    def clips_path(self) -> Path:
+        """Rendered scene clips, by content key: an unchanged scene is never rendered twice."""
+        return self.data_path / "clips"
 
     @property
     def uploads_path(self) -> Path:

@@ -223,3 +223,38 @@ def test_demo_drafts_with_the_local_language_model_when_one_is_configured(tmp_pa
     storyboard = json.loads((out / "storyboard.json").read_text(encoding="utf-8"))
     total = storyboard["title_card_seconds"] + sum(s["duration"] for s in storyboard["scenes"])
     assert probe(out / "video.mp4").seconds == pytest.approx(total, rel=0.05)
+
+
+def test_models_list_shows_which_presets_are_installed(tmp_path):
+    from tests.tiny_pipelines import build_tiny_wan
+
+    build_tiny_wan(tmp_path / "d" / "models" / "Wan2.1-T2V-1.3B-Diffusers")
+    result = run_cli("models", "list", data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines()
+            if line.count("│") >= 4 and "preset" not in line}
+    assert "yes" in rows["wan2.1-t2v-1.3b"] and "no" in rows["ltx-video-distilled"]
+
+
+def test_models_pull_offline_says_what_to_do(tmp_path):
+    result = run_cli("models", "pull", "wan2.1-t2v-1.3b",
+                     env_extra={"HF_HUB_OFFLINE": "1"}, data_dir=tmp_path / "d")
+    assert result.returncode == 2
+    assert "Could not download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in result.stderr
+    assert "copy the folder to" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_renders_with_a_saved_pipeline_folder(tmp_path):
+    from tests.tiny_pipelines import build_tiny_wan
+
+    model = build_tiny_wan(tmp_path / "wan")
+    out = tmp_path / "out"
+    result = run_cli("demo", "Explain magnets in 10 seconds", "--model", str(model),
+                     "--out", str(out), data_dir=tmp_path / "d",
+                     env_extra={"LESSONREEL_DIFFUSION__MAX_SIDE": "64",
+                                "LESSONREEL_DIFFUSION__STEPS": "2",
+                                "LESSONREEL_DIFFUSION__MAX_FRAMES": "9"})
+    assert result.returncode == 0, result.stderr
+    info = probe(out / "video.mp4")
+    assert (info.width, info.height) == (64, 32)
+    assert info.seconds == pytest.approx(10, rel=0.05)

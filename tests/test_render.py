@@ -40,7 +40,7 @@ def decoded_frames(path: Path) -> tuple[tuple[int, int], list[np.ndarray]]:
 
 def test_render_writes_a_playable_h264_video_matching_the_storyboard(settings, tmp_path):
     storyboard = make_storyboard((3, 3), title_card_seconds=1)
-    outputs = render_to_folder(storyboard, tmp_path / "out", settings)
+    outputs = render_to_folder(storyboard, tmp_path / "out", settings).files
 
     assert set(outputs) == set(OUTPUT_FILES)
     info = probe(outputs["video"])
@@ -64,7 +64,7 @@ def test_render_writes_a_playable_h264_video_matching_the_storyboard(settings, t
 
 @pytest.mark.parametrize(("aspect", "size"), [("9:16", (480, 832)), ("1:1", (640, 640))])
 def test_frame_size_follows_the_aspect_ratio(settings, tmp_path, aspect, size):
-    outputs = render_to_folder(make_storyboard((2,), aspect=aspect), tmp_path, settings)
+    outputs = render_to_folder(make_storyboard((2,), aspect=aspect), tmp_path, settings).files
     info = probe(outputs["video"])
     assert (info.width, info.height) == size
     preview = probe(outputs["preview"])
@@ -73,7 +73,7 @@ def test_frame_size_follows_the_aspect_ratio(settings, tmp_path, aspect, size):
 
 def test_contact_sheet_has_one_thumbnail_per_scene(settings, tmp_path):
     storyboard = make_storyboard((2, 2, 2, 2, 2))
-    outputs = render_to_folder(storyboard, tmp_path, settings)
+    outputs = render_to_folder(storyboard, tmp_path, settings).files
     with Image.open(outputs["contact_sheet"]) as sheet:
         assert sheet.format == "PNG"
         pixels = np.asarray(sheet.convert("RGB"), dtype=np.float32)
@@ -96,7 +96,7 @@ def _caption_band_brightness(frame: np.ndarray) -> float:
 def test_burned_in_captions_appear_exactly_when_their_cues_say(settings, tmp_path):
     storyboard = make_storyboard((4,), title_card_seconds=1,
                                  narrations=("A short caption. And a second one here.",))
-    outputs = render_to_folder(storyboard, tmp_path, settings)
+    outputs = render_to_folder(storyboard, tmp_path, settings).files
     timeline = build_timeline(storyboard, settings.render.fps)
     _size, frames = decoded_frames(outputs["video"])
     assert len(frames) == timeline.frame_count
@@ -133,7 +133,7 @@ def test_chinese_storyboard_renders_to_the_requested_length(settings, tmp_path):
 
     request = "用30秒给初一学生讲解光合作用"
     storyboard = draft_storyboard(request, settings, language="zh").storyboard
-    outputs = render_to_folder(storyboard, tmp_path, settings)
+    outputs = render_to_folder(storyboard, tmp_path, settings).files
     assert probe(outputs["video"]).seconds == pytest.approx(30, rel=0.05)
     assert "光合作用" in outputs["captions_srt"].read_text(encoding="utf-8")
 
@@ -149,7 +149,7 @@ def _upload(settings, name: str, size=(1200, 800)) -> None:
 def test_a_scene_with_an_image_pans_and_zooms_over_it(settings, tmp_path):
     _upload(settings, "leaf.png")
     storyboard = make_storyboard((3,), images=("leaf.png",), title_card_seconds=0)
-    outputs = render_to_folder(storyboard, tmp_path, settings)
+    outputs = render_to_folder(storyboard, tmp_path, settings).files
     _size, frames = decoded_frames(outputs["video"])
     assert len(frames) == 72
     first, last = frames[0].astype(np.float32), frames[-1].astype(np.float32)
@@ -192,7 +192,7 @@ def test_a_word_wider_than_the_frame_wraps_instead_of_failing(settings, tmp_path
     storyboard = make_storyboard((2,), aspect=aspect, narrations=(f"{word} {word}.",))
     storyboard = storyboard.revise(title=word, scenes=[
         dict(storyboard.scenes[0].model_dump(), on_screen_text=word)])
-    outputs = render_to_folder(storyboard, tmp_path, settings)
+    outputs = render_to_folder(storyboard, tmp_path, settings).files
     assert probe(outputs["video"]).frames == 3 * 24
 
 

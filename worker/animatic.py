@@ -11,7 +11,6 @@ one picture, not 24 a second.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from engine.errors import RenderError
 from engine.storyboard import Scene, Storyboard, format_seconds
+from worker.frames import FrameRun
 from worker.text import Overlay, hex_rgb, load_font, text_panel, wrap
 
 FADE_SECONDS = 0.33
@@ -30,18 +30,11 @@ MAX_SOURCE_SIDE = 2048
 SCENE_LABEL = {"en": "Scene {n}", "zh": "场景 {n}"}
 
 
-@dataclass(frozen=True)
-class FrameRun:
-    """One frame shown `count` times in a row."""
-
-    frame: np.ndarray  # (height, width, 3) uint8
-    count: int
-
-
 class AnimaticRenderer:
-    def __init__(self, storyboard: Storyboard, *, fps: int, font: Path, uploads: Path) -> None:
+    def __init__(self, storyboard: Storyboard, *, fps: int, font: Path, uploads: Path,
+                 size: tuple[int, int] | None = None) -> None:
         self.storyboard = storyboard
-        self.width, self.height = storyboard.frame_size
+        self.width, self.height = size or storyboard.frame_size
         self.fps = fps
         self.font = font
         self.uploads = uploads
@@ -77,14 +70,17 @@ class AnimaticRenderer:
 
     def scene(self, index: int, frame_count: int) -> Iterator[FrameRun]:
         scene = self.storyboard.scenes[index]
-        overlays = self._scene_overlays(scene, index, on_image=scene.image is not None)
+        overlays = self.scene_overlays(scene, index, on_image=scene.image is not None)
         if scene.image is None:
             frame = self._panel_frame(scene, index)
             for overlay in overlays:
                 frame = overlay.blend_onto(frame)
             yield from self._fade_in(frame, frame_count)
             return
-        source = self._load_image(scene, index)
+        # Cover the frame with room to zoom: fit to ZOOM x the frame, cropping what spills over.
+        cover = (round(self.width * ZOOM), round(self.height * ZOOM))
+        source = ImageOps.fit(self.open_upload(scene, index), cover,
+                              method=Image.Resampling.LANCZOS)
         for number in range(frame_count):
             frame = self._pan_zoom(source, number / max(frame_count - 1, 1), index)
             for overlay in overlays:
@@ -110,7 +106,8 @@ class AnimaticRenderer:
         image.paste(decor, (0, 0), decor)
         return np.asarray(image, dtype=np.uint8).copy()
 
-    def _scene_overlays(self, scene: Scene, index: int, *, on_image: bool) -> list[Overlay]:
+    def scene_overlays(self, scene: Scene, index: int, *, on_image: bool) -> list[Overlay]:
+        """The scene's title and counter; on a picture, white with a dark outline."""
         overlays = []
         margin = round(self.unit * 0.05)
         if scene.on_screen_text:
@@ -162,7 +159,8 @@ class AnimaticRenderer:
             yield FrameRun((start * (1 - t) + end * t + 0.5).astype(np.uint8), 1)
         yield FrameRun(frame, frame_count - fade)
 
-    def _load_image(self, scene: Scene, index: int) -> Image.Image:
+    def open_upload(self, scene: Scene, index: int) -> Image.Image:
+        """The scene's uploaded picture, only ever from inside the uploads folder."""
         root = self.uploads.resolve()
         path = (root / str(scene.image)).resolve()
         if not path.is_relative_to(root) or not path.is_file():
@@ -179,9 +177,7 @@ class AnimaticRenderer:
                 f"Scene {index + 1}'s image {scene.image!r} cannot be read as a picture; "
                 "send it again as a JPEG or PNG."
             ) from None
-        # Cover the frame with room to zoom: fit to ZOOM x the frame, cropping what spills over.
-        cover = (round(self.width * ZOOM), round(self.height * ZOOM))
-        return ImageOps.fit(image, cover, method=Image.Resampling.LANCZOS)
+        return image
 
     def _pan_zoom(self, source: Image.Image, t: float, index: int) -> np.ndarray:
         """The frame at time t in [0, 1]: zooming in from the whole image, drifting sideways."""

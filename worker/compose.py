@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.timeline import Segment, Timeline
-from worker.animatic import AnimaticRenderer, FrameRun
 from worker.encode import VideoEncoder
+from worker.frames import FrameRun, SceneRenderer
 from worker.text import Overlay, load_font, text_panel, wrap
 
 CAPTION_BOX = (0, 0, 0, 170)
@@ -56,7 +56,7 @@ class CaptionPainter:
 
 
 def compose(
-    timeline: Timeline, renderer: AnimaticRenderer, encoder: VideoEncoder, *,
+    timeline: Timeline, renderer: SceneRenderer, encoder: VideoEncoder, *,
     font: Path, progress: Progress | None = None,
 ) -> Stills:
     """Render, caption and encode every segment of the timeline; return stills for the sheets."""
@@ -83,7 +83,7 @@ def compose(
     return stills
 
 
-def _segment_runs(renderer: AnimaticRenderer, segment: Segment) -> Iterator[FrameRun]:
+def _segment_runs(renderer: SceneRenderer, segment: Segment) -> Iterator[FrameRun]:
     if segment.scene_index is None:
         return renderer.title_card(segment.frame_count)
     return renderer.scene(segment.scene_index, segment.frame_count)

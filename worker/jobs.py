@@ -13,7 +13,7 @@ from rq import get_current_job
 
 from engine.errors import UserError
 from engine.events import EventLog, RenderEvent
-from engine.jobs import RenderSpec
+from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
 from engine.settings import load_settings
 from engine.timeline import Timeline, build_timeline
 from worker.render import render_to_folder
@@ -41,8 +41,14 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         settings = load_settings()
         reporter = _ProgressReporter(events, spec, build_timeline(spec.storyboard,
                                                                   settings.render.fps))
-        outputs = render_to_folder(spec.storyboard, settings.media_path / spec.output, settings,
-                                   progress=reporter)
+        result = render_to_folder(
+            spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
+            on_step=reporter.step, should_stop=lambda: cancel_requested(job.connection,
+                                                                        spec.job_id))
+    except JobCancelled:
+        events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",
+                                   message=CANCELLED_MESSAGE))
+        raise
     except UserError as exc:
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=str(exc)))
         raise
@@ -54,13 +60,14 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
     except BaseException:  # Ctrl-C, SystemExit: stopped, not broken; nothing was kept
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled", message=STOPPED))
         raise
-    result = {name: str(path) for name, path in outputs.items()}
+    files = {name: str(path) for name, path in result.files.items()}
     events.publish(RenderEvent(
         job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
-        outputs=result,
+        outputs=files, notes=result.notes,
     ))
-    log.info("render %s finished in %.2f s", spec.job_id, time.monotonic() - started)
-    return result
+    log.info("render %s finished in %.2f s with %s (model scenes: %s)", spec.job_id,
+             time.monotonic() - started, result.renderer, result.generated_scenes)
+    return files
 
 
 class _ProgressReporter:
@@ -71,6 +78,20 @@ class _ProgressReporter:
         self.spec = spec
         self.timeline = timeline
         self.last_sent = 0.0
+
+    def step(self, scene_index: int, step: int, steps: int) -> None:
+        """A denoising step of a model scene: "scene 2/5, step 12/30"."""
+        now = time.monotonic()
+        if now - self.last_sent < PROGRESS_INTERVAL_SECONDS and step < steps:
+            return
+        self.last_sent = now
+        segment = next(s for s in self.timeline.segments if s.scene_index == scene_index)
+        within = step / max(steps, 1) * segment.frame_count
+        self.events.publish(RenderEvent(
+            job_id=self.spec.job_id, kind="progress", scene=scene_index + 1,
+            scenes=len(self.spec.storyboard.scenes), step=step, steps=steps,
+            fraction=min((segment.start_frame + within) / self.timeline.frame_count, 1.0),
+        ))
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()

@@ -11,17 +11,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import RenderError
+from engine.presets import DiffusionPlan, plan_for
 from engine.settings import Settings
 from engine.storyboard import Storyboard
 from engine.timeline import build_timeline, to_srt, to_webvtt
 from worker.animatic import AnimaticRenderer
 from worker.compose import compose
 from worker.encode import EncodeOptions, VideoEncoder
+from worker.frames import SceneRenderer
 from worker.sheets import contact_sheet, save_poster
 from worker.text import font_file
+
+if TYPE_CHECKING:
+    from worker.diffusion import StepCallback
 
 # Output name -> file name. Moved into place in this order: the video comes last.
 OUTPUT_FILES = {
@@ -50,27 +57,36 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
+@dataclass
+class RenderResult:
+    files: dict[str, Path]  # output name -> path, the video last
+    renderer: str  # "animatic" or the diffusion preset's name
+    generated_scenes: list[int] = field(default_factory=list)  # rendered by the model now
+    notes: list[str] = field(default_factory=list)  # what the teacher should know
+
+
 def render_to_folder(
     storyboard: Storyboard, out_dir: Path, settings: Settings, *,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Path]:
-    """Render `storyboard` into `out_dir`; return output name -> path."""
+    on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+) -> RenderResult:
+    """Render `storyboard` into `out_dir` with the renderer the settings choose."""
     storyboard.check_total(settings.limits.max_total_seconds)
     prepare_output_dir(out_dir)
     font = font_file(settings.render.font_path)
+    plan = plan_for(settings, storyboard.aspect)  # None: no video model, the animatic
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         files = {name: staging / file_name for name, file_name in OUTPUT_FILES.items()}
         timeline = build_timeline(storyboard, settings.render.fps)
-        renderer = AnimaticRenderer(
-            storyboard, fps=settings.render.fps, font=font, uploads=settings.uploads_path
-        )
+        renderer = _renderer(storyboard, plan, settings, font, on_step, should_stop)
         options = EncodeOptions(
             fps=settings.render.fps, crf=settings.render.crf,
             preview_crf=settings.render.preview_crf, preset=settings.render.x264_preset,
             preview_max_side=settings.render.preview_max_side,
         )
-        encoder = VideoEncoder(files["video"], files["preview"], storyboard.frame_size, options)
+        size = (renderer.width, renderer.height)
+        encoder = VideoEncoder(files["video"], files["preview"], size, options)
         try:
             stills = compose(timeline, renderer, encoder, font=font, progress=progress)
             encoder.finish()
@@ -87,6 +103,26 @@ def render_to_folder(
         for name, file_name in OUTPUT_FILES.items():
             published[name] = out_dir / file_name
             os.replace(files[name], published[name])
-        return published
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if plan is not None:  # the renderer is a DiffusionRenderer
+        notes = [f"Scene {index + 1} was rendered with less memory: {', '.join(given_up)}."
+                 for index, given_up in sorted(renderer.degraded.items())]
+        return RenderResult(published, plan.preset, renderer.generated, notes)
+    return RenderResult(published, "animatic")
+
+
+def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Settings,
+              font: Path, on_step: StepCallback | None,
+              should_stop: Callable[[], bool] | None) -> SceneRenderer:
+    if plan is None:
+        return AnimaticRenderer(storyboard, fps=settings.render.fps, font=font,
+                                uploads=settings.uploads_path)
+    # torch and diffusers are imported only when a video model is used.
+    from worker.clips import ClipCache
+    from worker.diffusion import DiffusionRenderer
+
+    cache = ClipCache(settings.clips_path) if settings.diffusion.cache_clips else None
+    return DiffusionRenderer(storyboard, plan, fps=settings.render.fps, font=font,
+                             uploads=settings.uploads_path, device=settings.diffusion.device,
+                             cache=cache, on_step=on_step, should_stop=should_stop)

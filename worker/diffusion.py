@@ -1,0 +1,103 @@
+"""The diffusion renderer: each scene a clip from a video model, cached by content.
+
+The title card, the scene titles and the captions are the animatic's, drawn at the model's
+size, so a model video and an animatic look like one family. A clip lasts as long as its
+model could make it; it is spread over its scene's duration (slowed, never cut). A scene
+the model cannot render (an image scene with no image-to-video pipeline) is an animatic
+scene.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from engine.presets import DiffusionPlan
+from engine.storyboard import Scene, Storyboard
+from worker.animatic import AnimaticRenderer
+from worker.clips import ClipCache, clip_key
+from worker.frames import FrameRun
+from worker.pipelines import Clip, device_for, generate, load_pipeline
+
+StepCallback = Callable[[int, int, int], None]  # scene index, step, steps
+
+
+class DiffusionRenderer:
+    def __init__(
+        self, storyboard: Storyboard, plan: DiffusionPlan, *, fps: int, font: Path,
+        uploads: Path, device: str = "auto", cache: ClipCache | None = None,
+        on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.storyboard = storyboard
+        self.plan = plan
+        self.fps = fps
+        self.width, self.height = plan.width, plan.height
+        self.device = device_for(device)
+        self.cache = cache
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.animatic = AnimaticRenderer(storyboard, fps=fps, font=font, uploads=uploads,
+                                         size=(plan.width, plan.height))
+        self.generated: list[int] = []  # scene indices rendered by the model in this job
+        self.degraded: dict[int, tuple[str, ...]] = {}  # scene index -> what was given up
+
+    def title_card(self, frame_count: int) -> Iterator[FrameRun]:
+        return self.animatic.title_card(frame_count)
+
+    def scene(self, index: int, frame_count: int) -> Iterator[FrameRun]:
+        scene = self.storyboard.scenes[index]
+        class_name = self.plan.image_to_video if scene.image else self.plan.text_to_video
+        if not class_name:
+            yield from self.animatic.scene(index, frame_count)
+            return
+        clip = self._clip(scene, index, class_name)
+        if clip.degraded:
+            self.degraded[index] = clip.degraded
+        overlays = self.animatic.scene_overlays(scene, index, on_image=True)
+        yield from _spread(clip, frame_count, overlays)
+
+    def _clip(self, scene: Scene, index: int, class_name: str) -> Clip:
+        image = self.animatic.open_upload(scene, index) if scene.image else None
+        image_bytes = _png_bytes(image) if image is not None else None
+        frames = self.plan.frames_for(scene.duration)
+        prompt = f"{scene.visual}. Style: {self.storyboard.style.name}."
+        key = clip_key(self.plan, class_name, prompt=prompt, image=image_bytes, frames=frames,
+                       seed=scene.seed)
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        pipeline = load_pipeline(self.plan, class_name, self.device)
+
+        def step(done: int, steps: int) -> None:
+            if self.on_step:
+                self.on_step(index, done, steps)
+
+        clip = generate(pipeline, self.plan, prompt=prompt, image=image, frames=frames,
+                        seed=scene.seed, device=self.device, on_step=step,
+                        should_stop=self.should_stop)
+        self.generated.append(index)
+        if self.cache is not None:
+            self.cache.put(key, clip)
+        return clip
+
+
+def _spread(clip: Clip, frame_count: int, overlays) -> Iterator[FrameRun]:
+    """The clip stretched over `frame_count` output frames, titles on top, as runs."""
+    available = len(clip.frames)
+    start = 0
+    while start < frame_count:
+        source = start * available // frame_count
+        end = start + 1
+        while end < frame_count and end * available // frame_count == source:
+            end += 1
+        frame = clip.frames[source]
+        for overlay in overlays:
+            frame = overlay.blend_onto(frame)
+        yield FrameRun(frame, end - start)
+        start = end
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
