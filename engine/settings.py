@@ -81,6 +81,12 @@ class DiffusionSettings(_Section):
     cache_clips: bool = True
 
 
+class GpuSettings(_Section):
+    # A worker takes a job only when its GPU has this much free memory and is this cool.
+    min_free_mb: int = Field(2048, ge=0, le=1_000_000)
+    max_temperature_c: int = Field(85, ge=40, le=110)
+
+
 class QueueSettings(_Section):
     name: str = Field("render", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
     job_timeout_seconds: int = Field(1800, ge=30, le=86_400)
@@ -96,6 +102,7 @@ class Settings(_Section):
     render: RenderSettings = RenderSettings()
     llm: LLMSettings = LLMSettings()
     diffusion: DiffusionSettings = DiffusionSettings()
+    gpu: GpuSettings = GpuSettings()
     queue: QueueSettings = QueueSettings()
 
     @model_validator(mode="after")

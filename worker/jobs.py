@@ -16,6 +16,7 @@ from engine.events import EventLog, RenderEvent
 from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
 from engine.settings import load_settings
 from engine.timeline import Timeline, build_timeline
+from worker.gpu import is_cuda_fault
 from worker.render import render_to_folder
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
     except UserError as exc:
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=str(exc)))
         raise
-    except Exception:
+    except Exception as exc:
+        if is_cuda_fault(exc):  # not the teacher's failure: the job will run again elsewhere
+            log.exception("render %s hit a CUDA fault", spec.job_id)
+            raise
         log.exception("render %s failed", spec.job_id)
         message = INTERNAL_ERROR.format(job=spec.job_id)
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=message))

@@ -1,0 +1,75 @@
+"""GPU health: a reading before each job, and telling a broken GPU from a busy one.
+
+A worker takes a job only when its GPU has the free memory and the temperature the settings
+ask for. A CUDA error other than out-of-memory leaves the CUDA context unusable, so the worker
+gives the job back and exits non-zero; its supervisor starts a fresh process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# RuntimeError texts of CUDA faults that poison the process (out-of-memory is not one).
+CUDA_FAULT_MARKERS = ("CUDA error", "CUBLAS_STATUS", "cuDNN error", "device-side assert",
+                      "illegal memory access", "unspecified launch failure")
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    total_mb: int
+    free_mb: int
+    temperature_c: int
+
+
+def read_gpu(index: int) -> GpuReading | None:
+    """This machine's GPU `index` through NVML, or None where there is no NVIDIA GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            temperature = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+    return GpuReading(index, name.decode() if isinstance(name, bytes) else str(name),
+                      memory.total // 2**20, memory.free // 2**20, int(temperature))
+
+
+def preflight_problem(reading: GpuReading | None, *, min_free_mb: int,
+                      max_temperature_c: int) -> str | None:
+    """Why the GPU should not take a job now, or None when it may (or there is no GPU)."""
+    if reading is None:
+        return None
+    if reading.free_mb < min_free_mb:
+        return (f"GPU {reading.index} ({reading.name}) has {reading.free_mb} MB free, "
+                f"{min_free_mb} MB are needed")
+    if reading.temperature_c > max_temperature_c:
+        return (f"GPU {reading.index} ({reading.name}) is at {reading.temperature_c} °C, "
+                f"above {max_temperature_c} °C")
+    return None
+
+
+def is_cuda_fault(exc: BaseException) -> bool:
+    """A CUDA failure that leaves this process's GPU context unusable."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False  # the memory ladder's business, and harmless to the context
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in CUDA_FAULT_MARKERS)
