@@ -73,7 +73,7 @@ class RenderProgress:
         self._progress.stop()
 
     def show(self, event: RenderEvent) -> None:
-        if event.kind == "progress" and event.scene and event.step:
+        if event.kind == "progress" and event.scene and event.step is not None:
             description = (f"Rendering scene {event.scene}/{event.scenes}, "
                            f"step {event.step}/{event.steps}")
         elif event.kind == "progress" and event.scene:

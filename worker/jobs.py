@@ -86,7 +86,7 @@ class _ProgressReporter:
     def step(self, scene_index: int, step: int, steps: int) -> None:
         """A denoising step of a model scene: "scene 2/5, step 12/30"."""
         now = time.monotonic()
-        if now - self.last_sent < PROGRESS_INTERVAL_SECONDS and step < steps:
+        if 0 < step < steps and now - self.last_sent < PROGRESS_INTERVAL_SECONDS:
             return
         self.last_sent = now
         segment = next(s for s in self.timeline.segments if s.scene_index == scene_index)

@@ -119,6 +119,8 @@ def generate(
         output = pipeline(**arguments).frames[0]
         return _to_uint8(output, (plan.width, plan.height))
 
+    if on_step:
+        on_step(0, plan.steps)  # "starting": the model is about to run
     frames_out, degraded = walk_memory_ladder(attempt)
     return Clip(frames_out, degraded)
 

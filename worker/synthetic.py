@@ -1,6 +1,7 @@
-"""Tiny, random-weight diffusers video pipelines (Wan and LTX), built on the fly for tests.
+"""Random-weight diffusers video pipelines (Wan and LTX), built from configs on the fly.
 
-Tests must never download a model, yet the GPU worker's code path (``DiffusionPipeline.
+For tests and benchmarks: tests must never download a model, and speed is a matter of
+architecture, not of trained weights. Yet the GPU worker's code path (``DiffusionPipeline.
 from_pretrained`` on a folder, then text-to-video or image-to-video generation with a
 step callback) deserves a real end-to-end run. `build_tiny_wan` and `build_tiny_ltx` write
 complete pipeline folders (``model_index.json`` plus one sub-folder per component) with
@@ -84,8 +85,13 @@ TRAINING_TEXT = (
 )
 
 
-def build_tiny_wan(folder: Path, *, image_to_video: bool = False, seed: int = 0) -> Path:
-    """Write a tiny `WanPipeline` (or Wan 2.1 `WanImageToVideoPipeline`) to `folder`."""
+def build_tiny_wan(folder: Path, *, image_to_video: bool = False, seed: int = 0,
+                   layers: int = 2, heads: int = 2, head_dim: int = 12, ffn: int = 32) -> Path:
+    """Write a tiny `WanPipeline` (or Wan 2.1 `WanImageToVideoPipeline`) to `folder`.
+
+    `layers`, `heads`, `head_dim` and `ffn` size the transformer: larger values make a model
+    that is still random but not trivial to run, for benchmarks (head_dim: a multiple of 6).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = _tokenizer(WAN_TEXT_LENGTH)
@@ -101,7 +107,7 @@ def build_tiny_wan(folder: Path, *, image_to_video: bool = False, seed: int = 0)
         scheduler = UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
         )
-        heads, head_dim = 2, 12  # the rotary embedding splits head_dim in three (t, h, w)
+        # The rotary embedding splits head_dim in three (t, h, w).
         transformer_sizes = dict(
             patch_size=(1, 2, 2),
             num_attention_heads=heads,
@@ -109,8 +115,8 @@ def build_tiny_wan(folder: Path, *, image_to_video: bool = False, seed: int = 0)
             out_channels=16,
             text_dim=TEXT_DIM,
             freq_dim=32,
-            ffn_dim=32,
-            num_layers=2,
+            ffn_dim=ffn,
+            num_layers=layers,
             cross_attn_norm=True,
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=32,
