@@ -268,3 +268,24 @@ def test_demo_renders_with_a_saved_pipeline_folder(tmp_path):
     info = probe(out / "video.mp4")
     assert (info.width, info.height) == (64, 32)
     assert info.seconds == pytest.approx(10, rel=0.05)
+
+
+def test_demo_end_to_end_with_the_language_model_and_a_video_model(tmp_path):
+    """The whole real path on a CPU: llama.cpp drafts, a diffusers pipeline renders."""
+    from tests.tiny_gguf import build_tiny_gguf
+    from worker.synthetic import build_tiny_ltx
+
+    out = tmp_path / "out"
+    result = run_cli(
+        "demo", "Explain photosynthesis to grade 7 in 30 seconds",
+        "--model", str(build_tiny_ltx(tmp_path / "ltx")), "--out", str(out),
+        data_dir=tmp_path / "d",
+        env_extra={"LESSONREEL_LLM__MODEL_PATH": str(build_tiny_gguf(tmp_path / "tiny.gguf")),
+                   "LESSONREEL_LLM__CONTEXT": "16384", "LESSONREEL_DIFFUSION__MAX_SIDE": "64",
+                   "LESSONREEL_DIFFUSION__STEPS": "2", "LESSONREEL_DIFFUSION__MAX_FRAMES": "9"})
+    assert result.returncode == 0, result.stderr
+    storyboard = json.loads((out / "storyboard.json").read_text(encoding="utf-8"))
+    total = storyboard["title_card_seconds"] + sum(s["duration"] for s in storyboard["scenes"])
+    info = probe(out / "video.mp4")
+    assert max(info.width, info.height) == 64  # the model chose the aspect ratio
+    assert info.seconds == pytest.approx(total, rel=0.05)
