@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lessonreel: stopped.", file=sys.stderr)
         return 130
+    except Exception as exc:  # our bug, not the user's: one line, and where to look
+        logging.getLogger("lessonreel").debug("unexpected error", exc_info=True)
+        print(f"lessonreel: unexpected error ({exc.__class__.__name__}: {exc}); this is a bug "
+              "in lessonreel: please report it with the command you ran.", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -166,9 +172,17 @@ def _bench(args: argparse.Namespace) -> int:
     table.add_row(f"lessonreel demo, {demo['video_seconds']} s video, wall time",
                   f"{demo['demo_wall_seconds'][0]:.2f} s")
     Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report(args.json, report)
     return 0
+
+
+def _write_report(path: Path | None, report: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"Cannot write the report to {path} ({exc.strerror}).") from None
 
 
 def _bench_render(settings, args: argparse.Namespace) -> int:
@@ -197,8 +211,7 @@ def _bench_render(settings, args: argparse.Namespace) -> int:
                   f"{render['rerender_ratio']:.3f} ({render['rerender_one_edit_seconds']:.2f} s "
                   f"/ {render['full_render_seconds']:.2f} s)", "<= 0.25")
     Console().print(table)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _write_report(args.json, report)
     return 0
 
 

@@ -72,14 +72,23 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     # A private queue: on a shared Redis, a demo must not take the school's render jobs.
     queue = render_queue(connection, settings, name=f"{settings.queue.name}-demo-{job_id}")
     enqueue_render(connection, settings, spec, queue=queue)
+    watcher = None
     try:
         with RenderProgress(errors) as progress:
             watcher = _EventWatcher(events, after, job_id, progress.show)
             watcher.start()
-            run_worker(settings, connection, burst=True, logging_level="CRITICAL", queue=queue,
-                       foreground=True)
+            try:
+                run_worker(settings, connection, burst=True, logging_level="CRITICAL",
+                           queue=queue, foreground=True)
+            except SystemExit:  # a CUDA fault: this process's GPU context is gone
+                errors.print("lessonreel: the GPU failed during the render (a CUDA error); "
+                             "nothing was saved. Try again, or ask your IT contact to check "
+                             "the GPU.", markup=False, highlight=False, soft_wrap=True)
+                return EXIT_FAILED
             final = watcher.wait(EVENT_GRACE_SECONDS)
     finally:
+        if watcher is not None:
+            watcher.stop()  # before the connection closes under it at exit
         queue.delete(delete_jobs=True)  # nothing of this demo is left queued
 
     if final is None or final.kind != "finished":
@@ -132,5 +141,8 @@ class _EventWatcher(threading.Thread):
 
     def wait(self, timeout: float) -> RenderEvent | None:
         self._done.wait(timeout)
-        self._done.set()  # stop reading even when we gave up waiting
         return self.final
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=2)

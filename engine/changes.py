@@ -6,6 +6,8 @@ Scenes are matched by their stable ids, so "scene 3 moved to position 1" and "sc
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from engine.storyboard import Scene, Storyboard, format_seconds
 
 MESSAGES = {
@@ -27,7 +29,6 @@ MESSAGES = {
         "seed": "Scene {n}: new seed (a different take)",
         "total": "Total: {old} → {new}",
         "none": "none",
-        "nothing": "Nothing changed.",
     },
     "zh": {
         "title": "标题：“{old}” → “{new}”",
@@ -47,14 +48,16 @@ MESSAGES = {
         "seed": "场景 {n}：换了随机种子（重新生成画面）",
         "total": "总时长：{old} → {new}",
         "none": "无",
-        "nothing": "没有改动。",
     },
 }
 EXCERPT_CHARS = 60
 
 
-def describe_changes(old: Storyboard, new: Storyboard) -> list[str]:
-    """One line per change, in the new storyboard's language; [] when nothing changed."""
+def describe_changes(old: Storyboard, new: Storyboard, moved: Collection[str] = ()) -> list[str]:
+    """One line per change, in the new storyboard's language; [] when nothing changed.
+
+    `moved` names scenes known to have moved (a plain "move" edit); otherwise the fewest
+    moves that explain the new order are reported."""
     say = MESSAGES.get(new.language, MESSAGES["en"])
     lines: list[str] = []
     for field, key in (("title", "title"), ("audience", "audience"), ("language", "language"),
@@ -72,8 +75,8 @@ def describe_changes(old: Storyboard, new: Storyboard) -> list[str]:
     for index, scene in enumerate(old.scenes):
         if scene.id not in new_ids:
             lines.append(say["removed"].format(n=index + 1, label=_label(scene)))
-    moved = _moved_ids([scene.id for scene in new.scenes if scene.id in old_positions],
-                       old_positions)
+    moved = set(moved) or _moved_ids(
+        [scene.id for scene in new.scenes if scene.id in old_positions], old_positions)
     for index, scene in enumerate(new.scenes):
         number = index + 1
         if scene.id not in old_positions:

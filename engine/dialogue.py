@@ -19,7 +19,7 @@ from engine.edits import apply_plain_edit, retime
 from engine.errors import UserError
 from engine.history import RecentTurns, StoryboardHistory, StoryboardVersion, Turn
 from engine.llm import LLMError, StoryboardLLM, answer_to_storyboard
-from engine.request import CJK, clean_text, read_request
+from engine.request import clean_text, detect_language, read_request
 from engine.settings import Settings
 from engine.storyboard import Storyboard, format_seconds
 
@@ -89,23 +89,25 @@ class Dialogue:
         """Act on one message. `language` and `aspect` steer a first draft (the CLI's flags)."""
         latest = self.history.latest(conversation)
         current = latest.storyboard if latest else None
-        language = current.language if current else _guess_language(message)
         message = clean_text(message)
+        reply_language = current.language if current else (language or detect_language(message))
         limit = self.settings.limits.max_request_chars
         if not message:
-            return self._failed(_say(language, "empty"), latest)
+            return self._failed(_say(reply_language, "empty"), latest)
         if len(message) > limit:
-            return self._failed(_say(language, "too_long", length=len(message), limit=limit),
-                                latest)
+            return self._failed(
+                _say(reply_language, "too_long", length=len(message), limit=limit), latest)
         recent = self.turns.recent(conversation)
         try:
             if current is None:
                 new, said = self._draft(conversation, message, language)
                 if aspect:
                     new = new.revise(aspect=aspect)
+                moved: tuple[str, ...] = ()
             else:
-                new, said = self._edit(conversation, current, recent, message)
-            reply = self._keep(conversation, current, new, said, latest.number if latest else 0)
+                new, said, moved = self._edit(conversation, current, recent, message)
+            reply = self._keep(conversation, current, new, said,
+                               latest.number if latest else 0, moved)
         except UserError as exc:
             reply = self._failed(str(exc), latest)
         self.turns.add(conversation, Turn("teacher", message))
@@ -140,10 +142,11 @@ class Dialogue:
         return board, answer.reply or _drafted(board)
 
     def _edit(self, conversation: str, current: Storyboard, recent: list[Turn],
-              message: str) -> tuple[Storyboard, str]:
+              message: str) -> tuple[Storyboard, str, tuple[str, ...]]:
+        """The edited storyboard, what to say, and the scenes a plain "move" moved."""
         edited = apply_plain_edit(current, message)
         if edited is not None:
-            return edited, _say(edited.language, "edited")
+            return edited.storyboard, _say(current.language, "edited"), edited.moved
         if self.llm is None:
             raise UserError(_say(current.language, "no_llm_edit"))
         answer = self.llm.answer(current, recent, message)
@@ -151,26 +154,27 @@ class Dialogue:
         board = answer_to_storyboard(
             answer, current, styles(), grade=current.grade,
             title_card_seconds=current.title_card_seconds, salt=f"{conversation}:{version}")
-        return board, answer.reply or _say(board.language, "edited")
+        return board, answer.reply or _say(board.language, "edited"), ()
 
     # -- outcomes ----------------------------------------------------------------------------
 
     def _keep(self, conversation: str, current: Storyboard | None, new: Storyboard,
-              said: str, current_number: int) -> Reply:
+              said: str, current_number: int, moved: tuple[str, ...] = ()) -> Reply:
         limit = self.settings.limits.max_total_seconds
         if new.total_seconds > limit:
             new = _retimed(new, limit) or new
             said = f"{said} {_say(new.language, 'fitted', limit=format_seconds(limit))}"
             new.check_total(limit)  # still too long: the UserError becomes a reply
         if current is not None:
-            changes = tuple(describe_changes(current, new))
-            if not changes:
+            changes = tuple(describe_changes(current, new, moved))
+            if not changes:  # a question answered, or an edit that changed nothing
                 unchanged = _say(new.language, "unchanged", version=current_number)
-                return Reply(f"{said} {unchanged}", current, current_number)
+                said = "" if said == _say(new.language, "edited") else f"{said} "
+                return Reply(f"{said}{unchanged}", current, current_number)
         else:
             changes = ()
         note = "drafted" if current is None else "; ".join(changes)[:200]
-        number = self.history.append(conversation, new, note)
+        number = self.history.append(conversation, new, note, after=current_number)
         return Reply(said, new, number, changes)
 
     def _failed(self, message: str, latest: StoryboardVersion | None) -> Reply:
@@ -194,7 +198,3 @@ def _drafted(board: Storyboard) -> str:
 
 def _say(language: str, key: str, **values: object) -> str:
     return SAY.get(language, SAY["en"])[key].format(**values)
-
-
-def _guess_language(text: str) -> str:
-    return "zh" if CJK.search(text or "") else "en"

@@ -156,6 +156,11 @@ def styles(path: Path = CONFIG_DIR / "styles.toml") -> dict[str, Style]:
     return {key: Style(**value) for key, value in data.items()}
 
 
+def style_key(style: Style) -> str:
+    """The configured key of a style ("nature"); its name if it is not a configured one."""
+    return next((key for key, known in styles().items() if known == style), style.name)
+
+
 def _lesson_parts(
     words: dict[str, Any], generic: dict[str, Any], count: int,
 ) -> list[tuple[dict[str, str], int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from engine.errors import StoryboardError
 from engine.request import find_duration, zh_number
@@ -79,13 +80,22 @@ class EditError(StoryboardError):
     """A plain edit that cannot be done as asked; the storyboard stays as it was."""
 
 
-def apply_plain_edit(storyboard: Storyboard, message: str) -> Storyboard | None:
-    """The edited storyboard if `message` is one plain edit, else None; EditError if impossible."""
+@dataclass(frozen=True)
+class PlainEdit:
+    storyboard: Storyboard
+    moved: tuple[str, ...] = ()  # the scene the teacher moved: "scene 2 moved", not "scene 1"
+
+
+def apply_plain_edit(storyboard: Storyboard, message: str) -> PlainEdit | None:
+    """The edit if `message` is one plain edit, else None; EditError if it cannot be done."""
     text = _normalise(message)
     for pattern, handler in _RULES:
         match = pattern.fullmatch(text)
         if match:
-            return handler(storyboard, match)
+            result = handler(storyboard, match)
+            if result is None or isinstance(result, PlainEdit):
+                return result
+            return PlainEdit(result)
     return None
 
 
@@ -179,7 +189,7 @@ def _duplicate(storyboard: Storyboard, match: re.Match) -> Storyboard:
     return _with_scenes(storyboard, scenes)
 
 
-def _move(storyboard: Storyboard, match: re.Match) -> Storyboard:
+def _move(storyboard: Storyboard, match: re.Match) -> PlainEdit:
     index = _scene_index(storyboard, match["a"])
     scenes = _scenes(storyboard)
     moving = scenes.pop(index)
@@ -188,7 +198,7 @@ def _move(storyboard: Storyboard, match: re.Match) -> Storyboard:
     if groups.get("b"):
         anchor_id = storyboard.scenes[_scene_index(storyboard, groups["b"])].id
         if anchor_id == moving["id"]:
-            return storyboard  # "move scene 2 after scene 2": nothing to do
+            return PlainEdit(storyboard)  # "move scene 2 after scene 2": nothing to do
         anchor = next(i for i, scene in enumerate(scenes) if scene["id"] == anchor_id)
         target = anchor if groups.get("rel") in ("before", "之前", "前面") else anchor + 1
     elif where in ("start", "beginning", "front", "first", "开头", "最前面"):
@@ -205,7 +215,7 @@ def _move(storyboard: Storyboard, match: re.Match) -> Storyboard:
             raise _fail(storyboard, "no_scene", n=position, count=len(storyboard.scenes))
         target = position - 1
     scenes.insert(target, moving)
-    return _with_scenes(storyboard, scenes)
+    return PlainEdit(_with_scenes(storyboard, scenes), (moving["id"],))
 
 
 def _aspect(storyboard: Storyboard, match: re.Match) -> Storyboard:
@@ -252,7 +262,8 @@ def retime(durations: list[int], body: int) -> list[int] | None:
     return result
 
 
-_Rule = tuple[re.Pattern[str], Callable[[Storyboard, re.Match], Storyboard | None]]
+_Rule = tuple[re.Pattern[str],
+              Callable[[Storyboard, re.Match], Storyboard | PlainEdit | None]]
 _ZH_POS = rf"(?P<pos>开头|最前面|最后面|最后|末尾|第\s*(?:{_ZH_NUM})\s*(?:个|位)?)"
 
 

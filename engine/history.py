@@ -19,6 +19,15 @@ from engine.errors import StoryboardError
 from engine.storyboard import Storyboard
 
 KEY_PREFIX = "lessonreel:storyboards:"
+# Append only if the list still has ARGV[2] versions; -1 otherwise. Atomic in Redis.
+APPEND_IF_LATEST = """
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[2]) then return -1 end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+
+class StoryboardConflict(StoryboardError):
+    """The storyboard changed between reading it and saving an edit of it."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,25 @@ class StoryboardHistory:
     def __init__(self, connection: redis.Redis) -> None:
         self._redis = connection
 
-    def append(self, conversation: str, storyboard: Storyboard, note: str = "") -> int:
-        """Store a new version and return its number."""
+    def append(self, conversation: str, storyboard: Storyboard, note: str = "", *,
+               after: int | None = None) -> int:
+        """Store a new version and return its number.
+
+        With `after`, only if the latest version is still number `after`: two colleagues
+        editing one thread must not silently undo each other. StoryboardConflict otherwise.
+        """
         record = _Record(storyboard=storyboard, note=note[:200], created_at=time.time())
-        # RPUSH returns the new length, which is the new version's number: no read-modify-write.
-        return int(self._redis.rpush(self._key(conversation), record.model_dump_json()))
+        if after is None:
+            # RPUSH returns the new length, which is the new version's number.
+            return int(self._redis.rpush(self._key(conversation), record.model_dump_json()))
+        number = int(self._redis.eval(APPEND_IF_LATEST, 1, self._key(conversation),
+                                      record.model_dump_json(), after))
+        if number < 0:
+            raise StoryboardConflict(
+                "Someone else changed this storyboard while I was working on your message, so "
+                "I kept their version; please look at it and say your change again."
+            )
+        return number
 
     def get(self, conversation: str, number: int) -> StoryboardVersion:
         count = self.count(conversation)

@@ -1,14 +1,14 @@
 """Render jobs: what a worker is asked to make, and how the ask is put on the queue.
 
 The engine names the job function by its import path, so it never imports the worker (and
-a bot host never imports torch). Jobs are serialised as JSON, not pickle: whoever can write
-to Redis must not be able to run code on a GPU host.
+a bot host never imports torch). Jobs are serialised as JSON, not pickle, and workers run
+only the functions they allow (worker/runner.py): whoever can write to Redis must not be
+able to run code on a GPU host.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Literal
 
 import redis
 from pydantic import BaseModel, Field
@@ -32,7 +32,6 @@ class RenderSpec(BaseModel):
     # A folder name inside the media root, which every worker mounts (never a path: a job
     # must not be able to make a worker write anywhere else).
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-    renderer: Literal["animatic"] = "animatic"
 
 
 CANCEL_PREFIX = "lessonreel:cancel:"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.drafter import style_key
 from engine.errors import SettingsError, UserError
 from engine.history import Turn
 from engine.paths import PROMPTS_DIR
@@ -54,6 +55,8 @@ assert set(Seconds.__args__) == set(range(MIN_SCENE_SECONDS, MAX_SCENE_SECONDS +
 
 
 CHAT_OVERHEAD_TOKENS = 32  # the chat template's own tokens around the two messages
+MODEL_FAILED = ("The language model failed on this message; nothing was changed. Try again, "
+                "or say it differently.")
 TOO_LONG = ("That message, with the storyboard, is too long for the language model; "
             "say it more briefly, or ask your IT contact to raise llm.context.")
 
@@ -183,7 +186,6 @@ class StoryboardLLM:
         prompt = self._fitted_prompt(current, turns, message, language)
         messages = [{"role": "system", "content": self._system},
                     {"role": "user", "content": prompt}]
-        problem = ""
         for attempt in (1, 2):
             try:
                 completion = self._llama.create_chat_completion(
@@ -192,7 +194,8 @@ class StoryboardLLM:
                 )
             except (ValueError, RuntimeError) as exc:  # llama.cpp refused the request
                 log.warning("llama.cpp failed: %s", exc)
-                raise LLMError(TOO_LONG) from None
+                too_long = "context window" in str(exc)
+                raise LLMError(TOO_LONG if too_long else MODEL_FAILED) from None
             choice = completion["choices"][0]
             text = choice["message"]["content"] or ""
             try:
@@ -203,8 +206,8 @@ class StoryboardLLM:
                     raise ValueError(f"unknown style {answer.style!r}")
                 return answer
             except (ValidationError, ValueError) as exc:
-                problem = str(exc).splitlines()[0]
-                log.warning("invalid model answer (attempt %d): %s", attempt, problem)
+                log.warning("invalid model answer (attempt %d): %s", attempt,
+                            str(exc).splitlines()[0])
         raise LLMError(
             "The language model could not turn that into a valid storyboard; nothing was "
             "changed. Try saying it more simply, or one change at a time."
@@ -241,7 +244,9 @@ def user_prompt(current: Storyboard | None, turns: list[Turn], message: str,
             board += f" Write it in {LANGUAGE_NAMES[language]} (language {language!r})."
     else:
         shown = current.model_dump(exclude={"grade", "title_card_seconds"})
-        shown["style"] = current.style.name
+        # The key the answer must use ("nature"), not the long name: showing the name invites
+        # the model to pick another key, which would change every scene's pixels.
+        shown["style"] = style_key(current.style)
         for scene in shown["scenes"]:
             scene.pop("seed")
             scene.pop("image")

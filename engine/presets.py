@@ -1,8 +1,8 @@
 """Video model presets (config/models.toml) and the generation plan they give each scene.
 
 A preset names a diffusers pipeline, where its weights live and how to run it. The plan for
-one render (`DiffusionPlan`) is the preset with the operator's overrides applied; it travels
-inside the render job, so a worker needs nothing but the job and its local weights.
+one render (`DiffusionPlan`) is the preset with the operator's overrides applied; each worker
+makes it from its own settings, so it renders with the weights on its own disk.
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def read_request(
             f"The request is {len(text):,} characters long; the limit is {max_chars:,}. "
             "Describe the video in a few sentences instead."
         )
-    detected = "zh" if len(CJK.findall(text)) >= max(2, len(text) // 10) else "en"
+    detected = detect_language(text)
     seconds, duration_span = find_duration(text)
     if seconds is not None and seconds > max_seconds:
         raise RequestError(
@@ -150,6 +150,11 @@ def read_request(
             'e.g. "Explain photosynthesis to grade 7 in 30 seconds".'
         )
     return TeacherRequest(text, topic, language or detected, seconds, grade, audience)
+
+
+def detect_language(text: str) -> str:
+    """"zh" when a good share of the text is hanzi; one 水 in English is still English."""
+    return "zh" if len(CJK.findall(text)) >= max(2, len(text) // 10) else "en"
 
 
 def clean_text(text: str) -> str:

@@ -83,3 +83,23 @@ def test_recent_turns_are_bounded(dialogue):
     turns = dialogue.turns.recent("t")
     assert len(turns) == 8
     assert turns[-1].role == "assistant" and turns[-2].text == "9:16"
+
+
+def test_a_colleagues_edit_in_the_meantime_is_kept_not_overwritten(dialogue, monkeypatch):
+    """Two people edit one thread; the slower edit must not silently undo the faster one."""
+    import engine.dialogue
+
+    dialogue.turn("t", "Explain magnets in 30 seconds")
+    real_edit = engine.dialogue.apply_plain_edit
+
+    def colleague_gets_in_first(storyboard, message):
+        edited = real_edit(storyboard, message)
+        colleague = real_edit(storyboard, "delete scene 1").storyboard  # lands while we work
+        dialogue.history.append("t", colleague, "colleague")
+        return edited
+
+    monkeypatch.setattr(engine.dialogue, "apply_plain_edit", colleague_gets_in_first)
+    reply = dialogue.turn("t", "make scene 2 shorter")
+    assert reply.failed and "Someone else changed this storyboard" in reply.message
+    assert dialogue.history.count("t") == 2
+    assert dialogue.history.latest("t").note == "colleague"

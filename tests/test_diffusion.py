@@ -198,8 +198,7 @@ def test_a_queued_job_that_is_cancelled_never_runs(tmp_path, use_model, redis_co
 
 def test_out_of_memory_walks_the_ladder_and_the_result_says_so(tmp_path, use_model,
                                                                monkeypatch):
-    settings = use_model(build_tiny_wan(tmp_path / "oom"),
-                         LESSONREEL_DIFFUSION__CACHE_CLIPS="false")
+    settings = use_model(build_tiny_wan(tmp_path / "oom"), LESSONREEL_DIFFUSION__DEVICE="cpu")
     plan = plan_for(settings, "16:9")
     pipeline = pipelines.load_pipeline(plan, "WanPipeline", "cpu")
     real_forward = pipeline.transformer.forward
@@ -215,6 +214,11 @@ def test_out_of_memory_walks_the_ladder_and_the_result_says_so(tmp_path, use_mod
     result = render_to_folder(make_storyboard((2,)), tmp_path / "out", settings)
     assert result.notes == ["Scene 1 was rendered with less memory: VAE tiling."]
     assert probe(result.files["video"]).frames == 3 * 24
+    assert not pipeline.vae.use_tiling, "the next scene starts at full quality again"
+
+    again = render_to_folder(make_storyboard((2,)), tmp_path / "again", settings)
+    assert again.generated_scenes == [0], "a degraded clip is not served from the cache"
+    assert again.notes == []
 
 
 @pytest.mark.parametrize("failures", [0, 1, 2, 3])

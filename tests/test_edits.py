@@ -4,7 +4,8 @@ import pytest
 
 from engine.changes import describe_changes
 from engine.drafter import draft_storyboard
-from engine.edits import EditError, apply_plain_edit, retime
+from engine.edits import EditError, retime
+from engine.edits import apply_plain_edit as plain_edit
 
 
 @pytest.fixture
@@ -16,6 +17,12 @@ def board(settings):
 @pytest.fixture
 def zh_board(settings):
     return draft_storyboard("用30秒给初一学生讲解光合作用", settings).storyboard
+
+
+def apply_plain_edit(board, message):
+    """The edited storyboard, or None when the message is not one plain edit."""
+    edit = plain_edit(board, message)
+    return edit.storyboard if edit else None
 
 
 def _durations(board):
@@ -50,24 +57,25 @@ def test_deleting_a_scene_keeps_the_others_and_their_ids(board, message):
 
 
 @pytest.mark.parametrize(
-    ("message", "order"),
+    ("message", "order", "said"),
     [
-        ("move scene 4 to the start", [3, 0, 1, 2, 4]),
-        ("move scene 1 to the end", [1, 2, 3, 4, 0]),
-        ("move scene 1 after scene 3", [1, 2, 0, 3, 4]),
-        ("move scene 5 before scene 2", [0, 4, 1, 2, 3]),
-        ("move scene 2 to position 4", [0, 2, 3, 1, 4]),
-        ("把场景4移到开头", [3, 0, 1, 2, 4]),
-        ("把第二个场景移到第4个", [0, 2, 3, 1, 4]),
-        ("把场景1移到场景3之后", [1, 2, 0, 3, 4]),
+        ("move scene 4 to the start", [3, 0, 1, 2, 4], "Scene 4 moved to position 1"),
+        ("move scene 2 to the start", [1, 0, 2, 3, 4], "Scene 2 moved to position 1"),
+        ("move scene 1 to the end", [1, 2, 3, 4, 0], "Scene 1 moved to position 5"),
+        ("move scene 1 after scene 3", [1, 2, 0, 3, 4], "Scene 1 moved to position 3"),
+        ("move scene 5 before scene 4", [0, 1, 2, 4, 3], "Scene 5 moved to position 4"),
+        ("move scene 2 to position 4", [0, 2, 3, 1, 4], "Scene 2 moved to position 4"),
+        # Chinese commands work on an English storyboard, whose replies stay English
+        ("把场景4移到开头", [3, 0, 1, 2, 4], "Scene 4 moved to position 1"),
+        ("把第二个场景移到第4个", [0, 2, 3, 1, 4], "Scene 2 moved to position 4"),
+        ("把场景1移到场景3之后", [1, 2, 0, 3, 4], "Scene 1 moved to position 3"),
     ],
 )
-def test_moving_a_scene_names_only_the_scene_that_moved(board, message, order):
-    edited = apply_plain_edit(board, message)
+def test_moving_a_scene_names_only_the_scene_that_moved(board, message, order, said):
+    edit = plain_edit(board, message)
     ids = _ids(board)
-    assert _ids(edited) == [ids[i] for i in order]
-    moved = [line for line in describe_changes(board, edited) if "moved" in line or "移到" in line]
-    assert len(moved) == 1
+    assert _ids(edit.storyboard) == [ids[i] for i in order]
+    assert describe_changes(board, edit.storyboard, edit.moved) == [said]
 
 
 def test_duplicating_a_scene_gives_the_copy_a_new_id(board):

@@ -78,10 +78,21 @@ def test_the_worker_runs_jobs_in_its_own_process_so_loaded_state_survives(
     first = queue.enqueue("tests.test_jobs.record_process")
     second = queue.enqueue("tests.test_jobs.record_process")
     worker = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+    worker.allowed_functions = frozenset({"tests.test_jobs.record_process"})
     worker.work(burst=True, logging_level="WARNING")
 
     assert [os.getpid(), os.getpid()] == JOBS_RUN_HERE, "no fork: both jobs ran in this process"
     assert first.return_value() == 1 and second.return_value() == 2  # memory kept between jobs
+
+
+def test_the_worker_runs_nothing_but_lessonreel_jobs(settings, redis_connection, tmp_path):
+    """A job naming any other function, written straight into Redis, is refused."""
+    marker = tmp_path / "pwned"
+    queue = Queue(settings.queue.name, connection=redis_connection, serializer=JSONSerializer)
+    job = queue.enqueue("subprocess.getoutput", f"touch {marker}")
+    run_worker(settings, redis_connection, burst=True, logging_level="CRITICAL")
+    assert not marker.exists()
+    assert job.get_status(refresh=True) == JobStatus.FAILED
 
 
 def test_a_failed_render_tells_the_teacher_why_and_leaves_no_video(settings, redis_connection,
@@ -128,3 +139,34 @@ def test_an_unreachable_redis_url_is_a_clear_settings_error(monkeypatch):
     monkeypatch.setenv("LESSONREEL_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(SettingsError, match="Cannot reach Redis at LESSONREEL_REDIS_URL"):
         connect(load_settings())
+
+
+def test_a_cancel_that_arrives_before_the_job_starts_stops_an_animatic_render(
+    settings, redis_connection
+):
+    events = EventLog(redis_connection)
+    after = events.last_id()
+    spec = RenderSpec(job_id="r-early", conversation="c", version=1,
+                      storyboard=make_storyboard((2,)), output="r-early")
+    enqueue_render(redis_connection, settings, spec)
+    redis_connection.set("lessonreel:cancel:r-early", "1")  # asked while it was being dequeued
+    run_worker(settings, redis_connection, burst=True, logging_level="CRITICAL")
+    kinds = [event.kind for _, event in events.read(after) if event.job_id == "r-early"]
+    assert kinds[-1] == "cancelled"
+    assert not (settings.media_path / "r-early" / "video.mp4").exists()
+
+
+def test_an_animatic_render_stops_between_scenes_when_cancelled(settings, tmp_path):
+    from engine.jobs import JobCancelled
+    from worker.render import render_to_folder
+
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # the title card and scene 1 are done, then the cancel
+
+    with pytest.raises(JobCancelled):
+        render_to_folder(make_storyboard((2, 2, 2)), tmp_path / "out", settings,
+                         should_stop=should_stop)
+    assert list((tmp_path / "out").iterdir()) == []

@@ -120,16 +120,35 @@ def test_plain_edits_never_go_through_the_model(redis_connection, tiny_model, ll
     assert reply.storyboard.scenes[1:] == first.scenes[1:]  # the rest exactly as it was
 
 
-def test_scenes_the_model_keeps_keep_their_ids_and_seeds(redis_connection, tiny_model, llm):
-    """Whatever the model writes, a scene it returns under an existing id keeps that id's seed."""
-    dialogue = Dialogue(redis_connection, _settings(tiny_model), llm)
-    first = dialogue.turn("ids", "Explain magnets in 20 seconds").storyboard
-    seeds = {scene.id: scene.seed for scene in first.scenes}
-    second = dialogue.turn("ids", "make the narration simpler").storyboard
-    for scene in second.scenes:
-        if scene.id in seeds:
-            assert scene.seed == seeds[scene.id]
-    assert len({scene.id for scene in second.scenes}) == len(second.scenes)
+def test_scenes_the_model_keeps_keep_their_ids_seeds_and_images():
+    """An unchanged scene must keep its id and seed (so its cached clip), however the model
+    orders the scenes; a new or duplicated id gets a fresh one."""
+    from engine.drafter import draft_storyboard
+    from engine.llm import answer_to_storyboard
+
+    board = draft_storyboard("Explain magnets in 30 seconds", load_settings({})).storyboard
+    board = board.revise(scenes=[dict(board.scenes[0].model_dump(), image="magnet.png"),
+                                 *(scene.model_dump() for scene in board.scenes[1:])])
+    first, second = board.scenes[0], board.scenes[1]
+
+    def scene(scene_id, visual):
+        return {"id": scene_id, "visual": visual, "narration": "n", "on_screen_text": "",
+                "duration": 4}
+
+    answer = Answer.model_validate({
+        "title": "Magnets", "audience": "Grade 5", "language": "en", "aspect": "16:9",
+        "style": "lab", "reply": "ok",
+        "scenes": [scene(second.id, "moved first"), scene(first.id, "kept"),
+                   scene("", "brand new"), scene(first.id, "a second copy")],
+    })
+    new = answer_to_storyboard(answer, board, styles(), grade=None, title_card_seconds=2,
+                               salt="t:2")
+    assert [s.id for s in new.scenes][:2] == [second.id, first.id]
+    assert new.scenes[1].seed == first.seed and new.scenes[1].image == "magnet.png"
+    assert new.scenes[0].seed == second.seed
+    fresh = {new.scenes[2].id, new.scenes[3].id}
+    assert len(fresh) == 2 and not fresh & {s.id for s in board.scenes}
+    assert new.scenes[3].image is None  # a copy does not inherit the original's upload
 
 
 def test_an_invalid_answer_is_retried_once_then_reported_and_nothing_changes(
@@ -174,3 +193,13 @@ def test_the_answer_model_rejects_what_the_storyboard_rejects():
     with pytest.raises(ValidationError):
         Answer.model_validate({"title": "t", "audience": "a", "language": "en", "aspect": "7:3",
                                "style": "clean", "scenes": [], "reply": ""})
+
+
+def test_the_model_is_shown_the_style_key_it_must_answer_with():
+    from engine.drafter import draft_storyboard
+    from engine.llm import user_prompt
+
+    board = draft_storyboard("Explain photosynthesis in 30 seconds", load_settings({})).storyboard
+    prompt = user_prompt(board, [], "make it shorter")
+    assert '"style": "nature"' in prompt
+    assert board.style.name not in prompt

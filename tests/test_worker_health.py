@@ -45,11 +45,42 @@ def test_the_worker_waits_while_the_gpu_is_hot_then_takes_the_job(redis_connecti
     readings = iter(["GPU 0 is at 92 °C", "GPU 0 is at 88 °C", None])
     naps = []
     worker = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+    worker.allowed_functions = frozenset({"tests.test_worker_health.succeed"})
     worker.preflight = lambda: next(readings)
     worker.sleep = naps.append
-    worker.work(burst=True, logging_level="WARNING")
+    worker.work(max_jobs=1, logging_level="WARNING")  # a long-running worker, one job
     assert naps == [10.0, 10.0]
     assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def always_a_cuda_fault() -> str:
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_job_that_faults_twice_fails_with_a_sentence_for_the_teacher(redis_connection):
+    queue = Queue("render", connection=redis_connection, serializer=JSONSerializer)
+    job = queue.enqueue("tests.test_worker_health.always_a_cuda_fault")
+    events = EventLog(redis_connection)
+    after = events.last_id()
+    for _ in range(2):  # two fresh workers, as a supervisor would start them
+        worker_ = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+        worker_.allowed_functions = frozenset({"tests.test_worker_health.always_a_cuda_fault"})
+        with pytest.raises(SystemExit):
+            worker_.work(burst=True, logging_level="CRITICAL")
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert queue.get_job_ids() == []
+    final = events.read(after)[-1][1]
+    assert final.kind == "failed" and "GPU failed twice" in final.message
+
+
+def test_a_burst_worker_does_not_wait_for_a_hot_gpu(redis_connection):
+    queue = Queue("render", connection=redis_connection, serializer=JSONSerializer)
+    job = queue.enqueue("tests.test_worker_health.succeed")
+    worker_ = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+    worker_.preflight = lambda: "GPU 0 is at 95 °C"
+    worker_.sleep = lambda seconds: pytest.fail("a burst worker must not sleep")
+    assert not worker_.work(burst=True, logging_level="CRITICAL")
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
 
 
 def fail_once_with_a_cuda_fault(key: str) -> str:
@@ -60,18 +91,23 @@ def fail_once_with_a_cuda_fault(key: str) -> str:
     return "rendered"
 
 
+FAULTY = frozenset({"tests.test_worker_health.fail_once_with_a_cuda_fault"})
+
+
 def test_a_cuda_fault_requeues_the_job_and_ends_the_worker_for_its_supervisor(
     redis_connection
 ):
     queue = Queue("render", connection=redis_connection, serializer=JSONSerializer)
     job = queue.enqueue("tests.test_worker_health.fail_once_with_a_cuda_fault", "runs")
     first = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+    first.allowed_functions = FAULTY
     with pytest.raises(SystemExit) as stopped:
         first.work(burst=True, logging_level="CRITICAL")
     assert stopped.value.code == EXIT_CUDA_FAULT
     assert job.get_status(refresh=True) == JobStatus.QUEUED
 
     fresh = ResidentWorker([queue], connection=redis_connection, serializer=JSONSerializer)
+    fresh.allowed_functions = FAULTY
     fresh.work(burst=True, logging_level="WARNING")
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert job.return_value() == "rendered"

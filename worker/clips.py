@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from functools import cache
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -24,7 +25,7 @@ CACHE_FORMAT = 1  # bump when what a key means changes
 
 
 def clip_key(plan: DiffusionPlan, class_name: str, *, prompt: str, image: bytes | None,
-             frames: int, seed: int) -> str:
+             frames: int, seed: int, dtype: str) -> str:
     facts = {
         "format": CACHE_FORMAT,
         "weights": _weights_fingerprint(plan.model_dir),
@@ -33,7 +34,7 @@ def clip_key(plan: DiffusionPlan, class_name: str, *, prompt: str, image: bytes 
         "frames": frames,
         "steps": plan.steps,
         "guidance": plan.guidance,
-        "dtype": plan.dtype,
+        "dtype": dtype,  # what the worker computes in, not what the preset asks for
         "prompt": prompt,
         "image": hashlib.sha256(image).hexdigest() if image is not None else None,
         "seed": seed,
@@ -92,12 +93,28 @@ class ClipCache:
         return folder / f"{key}.mp4", folder / f"{key}.json"
 
 
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf"}
+CONFIG_SUFFIXES = {".json", ".txt", ".model"}
+EDGE_BYTES = 1 << 16
+
+
+@cache
 def _weights_fingerprint(model_dir: str) -> str:
-    """Cheap identity of a pipeline folder: its index and every file's size and mtime."""
+    """Identity of a pipeline folder's contents, not of its copy: configs whole, and each
+    weight file's size and first and last 64 KB. READMEs and download caches do not count."""
     root = Path(model_dir)
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        relative = path.relative_to(root)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix in CONFIG_SUFFIXES:
+            digest.update(f"{relative}:".encode() + path.read_bytes())
+        elif path.suffix in WEIGHT_SUFFIXES:
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                head = handle.read(EDGE_BYTES)
+                handle.seek(max(size - EDGE_BYTES, 0))
+                tail = handle.read(EDGE_BYTES)
+            digest.update(f"{relative}:{size}:".encode() + head + tail)
     return digest.hexdigest()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.jobs import JobCancelled
 from engine.timeline import Segment, Timeline
 from worker.encode import VideoEncoder
 from worker.frames import FrameRun, SceneRenderer
@@ -58,11 +59,17 @@ class CaptionPainter:
 def compose(
     timeline: Timeline, renderer: SceneRenderer, encoder: VideoEncoder, *,
     font: Path, progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Stills:
-    """Render, caption and encode every segment of the timeline; return stills for the sheets."""
+    """Render, caption and encode every segment of the timeline; return stills for the sheets.
+
+    `should_stop` is asked before each segment: a cancel stops an animatic or a render from
+    cached clips too, not only a model's denoising steps."""
     painter = CaptionPainter(font, (renderer.width, renderer.height))
     stills = Stills()
     for segment in timeline.segments:
+        if should_stop and should_stop():
+            raise JobCancelled
         middle = segment.start_frame + segment.frame_count // 2
         position = segment.start_frame
         for run in _segment_runs(renderer, segment):

@@ -18,7 +18,7 @@ from engine.storyboard import Scene, Storyboard
 from worker.animatic import AnimaticRenderer
 from worker.clips import ClipCache, clip_key
 from worker.frames import FrameRun
-from worker.pipelines import Clip, device_for, generate, load_pipeline
+from worker.pipelines import Clip, compute_dtype, device_for, generate, load_pipeline
 
 StepCallback = Callable[[int, int, int], None]  # scene index, step, steps
 
@@ -63,7 +63,7 @@ class DiffusionRenderer:
         frames = self.plan.frames_for(scene.duration)
         prompt = f"{scene.visual}. Style: {self.storyboard.style.name}."
         key = clip_key(self.plan, class_name, prompt=prompt, image=image_bytes, frames=frames,
-                       seed=scene.seed)
+                       seed=scene.seed, dtype=compute_dtype(self.plan, self.device))
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             return cached
         pipeline = load_pipeline(self.plan, class_name, self.device)
@@ -76,7 +76,7 @@ class DiffusionRenderer:
                         seed=scene.seed, device=self.device, on_step=step,
                         should_stop=self.should_stop)
         self.generated.append(index)
-        if self.cache is not None:
+        if self.cache is not None and not clip.degraded:  # a lesser clip is not kept as the key's
             self.cache.put(key, clip)
         return clip
 

@@ -8,6 +8,7 @@ gives the job back and exits non-zero; its supervisor starts a fresh process.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ def read_gpu(index: int) -> GpuReading | None:
         return None
     return GpuReading(index, name.decode() if isinstance(name, bytes) else str(name),
                       memory.total // 2**20, memory.free // 2**20, int(temperature))
+
+
+def reclaimable_mb(index: int) -> int:
+    """GPU memory this process's torch holds cached but unused: NVML counts it as taken."""
+    torch = sys.modules.get("torch")  # a process that never imported torch holds none
+    if torch is None or not torch.cuda.is_initialized():
+        return 0
+    return (torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)) // 2**20
 
 
 def preflight_problem(reading: GpuReading | None, *, min_free_mb: int,

@@ -39,6 +39,8 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
     events.publish(RenderEvent(job_id=spec.job_id, kind="started", scenes=scenes))
     started = time.monotonic()
     try:
+        if cancel_requested(job.connection, spec.job_id):  # cancelled while it waited
+            raise JobCancelled
         settings = load_settings()
         reporter = _ProgressReporter(events, spec, build_timeline(spec.storyboard,
                                                                   settings.render.fps))

@@ -54,6 +54,11 @@ def device_for(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def compute_dtype(plan: DiffusionPlan, device: str) -> str:
+    """bf16 matmuls on a CPU are slow or missing: a CPU worker computes in float32."""
+    return "float32" if device == "cpu" else plan.dtype
+
+
 def load_pipeline(plan: DiffusionPlan, class_name: str, device: str):
     """The pipeline `class_name` from the plan's folder, loaded at most once per process."""
     key = (plan.model_dir, class_name, device)
@@ -63,8 +68,7 @@ def load_pipeline(plan: DiffusionPlan, class_name: str, device: str):
 
     quiet_libraries()
     pipeline_type = getattr(diffusers, class_name)
-    # bf16 matmuls on a CPU are slow or missing; a CPU worker computes in float32.
-    dtype = torch.float32 if device == "cpu" else getattr(torch, plan.dtype)
+    dtype = getattr(torch, compute_dtype(plan, device))
     sibling = next((p for (folder, _cls, dev), p in _loaded.items()
                     if folder == plan.model_dir and dev == device), None)
     if sibling is not None:  # same weights, other task: share the components, not memory
@@ -102,7 +106,7 @@ def generate(
         width, height = plan.width, plan.height
         if VAE_TILING in rungs:
             _enable_vae_tiling(pipeline)
-        if CPU_OFFLOAD in rungs and device.startswith("cuda"):
+        if CPU_OFFLOAD in rungs:
             pipeline.enable_model_cpu_offload(device=device)
         if LOWER_RESOLUTION in rungs:
             step = SIZE_STEP[plan.family]
@@ -121,21 +125,37 @@ def generate(
 
     if on_step:
         on_step(0, plan.steps)  # "starting": the model is about to run
-    frames_out, degraded = walk_memory_ladder(attempt)
+    # CPU offload means nothing on a CPU: that rung is skipped there.
+    ladder = LADDER if device.startswith("cuda") else (VAE_TILING, LOWER_RESOLUTION)
+    try:
+        frames_out, degraded = walk_memory_ladder(attempt, ladder)
+    finally:
+        _restore(pipeline, plan, device)  # the next scene starts at full quality again
     return Clip(frames_out, degraded)
 
 
+def _restore(pipeline, plan: DiffusionPlan, device: str) -> None:
+    """Undo what the ladder switched on, back to the plan's own memory options."""
+    vae = getattr(pipeline, "vae", None)
+    if not plan.vae_tiling and vae is not None and getattr(vae, "use_tiling", False):
+        vae.disable_tiling()
+    if (device.startswith("cuda") and not plan.cpu_offload
+            and getattr(pipeline, "_offload_gpu_id", None) is not None):
+        pipeline.remove_all_hooks()
+        pipeline.to(device)
+
+
 def walk_memory_ladder(attempt: Callable[[tuple[str, ...]], np.ndarray],
-                       ) -> tuple[np.ndarray, tuple[str, ...]]:
+                       ladder: tuple[str, ...] = LADDER) -> tuple[np.ndarray, tuple[str, ...]]:
     """Call `attempt` with no rung, then with each rung added after an out-of-memory error."""
     rungs: tuple[str, ...] = ()
     while True:
         try:
             return attempt(rungs), rungs
         except torch.OutOfMemoryError:
-            if len(rungs) == len(LADDER):
+            if len(rungs) == len(ladder):
                 raise
-            rungs = LADDER[: len(rungs) + 1]
+            rungs = ladder[: len(rungs) + 1]
             log.warning("out of GPU memory; retrying with %s", ", ".join(rungs))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -88,7 +88,8 @@ def render_to_folder(
         size = (renderer.width, renderer.height)
         encoder = VideoEncoder(files["video"], files["preview"], size, options)
         try:
-            stills = compose(timeline, renderer, encoder, font=font, progress=progress)
+            stills = compose(timeline, renderer, encoder, font=font, progress=progress,
+                             should_stop=should_stop)
             encoder.finish()
         except BaseException:
             encoder.abort()

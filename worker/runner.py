@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import redis
 from rq import Queue, SimpleWorker
 
-from engine.jobs import render_queue
+from engine.events import EventLog, RenderEvent
+from engine.jobs import RENDER_FUNCTION, render_queue
 from engine.settings import Settings
-from worker.gpu import is_cuda_fault, preflight_problem, read_gpu
+from worker.gpu import is_cuda_fault, preflight_problem, read_gpu, reclaimable_mb
 
 EXIT_CUDA_FAULT = 3  # the supervisor restarts a worker that exits with this
+MAX_CUDA_FAULTS = 2  # runs of one job that may end in a CUDA fault before it fails
+GPU_GAVE_UP = ("The GPU failed twice while rendering this video, so it was stopped; please "
+               "ask your IT contact to check the GPU (job {job}).")
 
 
 class ResidentWorker(SimpleWorker):
@@ -34,6 +39,9 @@ class ResidentWorker(SimpleWorker):
     come (the operations issue).
     """
 
+    # Only these functions run: RQ would call whatever a job names, and whoever can write to
+    # Redis could name subprocess.getoutput.
+    allowed_functions: frozenset[str] = frozenset({RENDER_FUNCTION})
     preflight: Callable[[], str | None] | None = None
     preflight_wait_seconds: float = 10.0
     sleep: Callable[[float], None] = staticmethod(time.sleep)
@@ -42,7 +50,12 @@ class ResidentWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while self.preflight is not None and (problem := self.preflight()):
             self.log.warning("not taking a job yet: %s", problem)
+            if timeout is None:  # burst mode: report and stop rather than wait
+                return None
+            self.heartbeat()  # still alive, only waiting for the GPU
             self.sleep(self.preflight_wait_seconds)
+            if self._stop_requested:
+                return None
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def handle_exception(self, job, *exc_info) -> None:
@@ -51,11 +64,23 @@ class ResidentWorker(SimpleWorker):
         super().handle_exception(job, *exc_info)
 
     def execute_job(self, job, queue) -> None:
+        if job.func_name not in self.allowed_functions:
+            self.log.error("refusing job %s: %s is not a lessonreel job", job.id, job.func_name)
+            self.handle_job_failure(job, queue=queue,
+                                    exc_string=f"refused: {job.func_name} is not allowed")
+            return
         super().execute_job(job, queue)
         if self._faulted_job == job.id:
-            job.requeue()  # from the failed jobs back onto the queue, for a fresh worker
-            self.log.error("CUDA fault in job %s; it is queued again and this worker exits",
-                           job.id)
+            faults = int(job.meta.get("cuda_faults", 0)) + 1
+            job.meta["cuda_faults"] = faults
+            job.save_meta()
+            if faults < MAX_CUDA_FAULTS:
+                job.requeue()  # from the failed jobs back onto the queue, for a fresh worker
+                self.log.error("CUDA fault in job %s; queued again, this worker exits", job.id)
+            else:  # the job itself breaks the GPU, or the GPU is broken: stop trying
+                self.log.error("CUDA fault in job %s again; giving up on it", job.id)
+                EventLog(self.connection).publish(RenderEvent(
+                    job_id=job.id, kind="failed", message=GPU_GAVE_UP.format(job=job.id)))
             raise SystemExit(EXIT_CUDA_FAULT)
 
 
@@ -90,7 +115,10 @@ def gpu_preflight(settings: Settings) -> Callable[[], str | None] | None:
     index = int(device.split(":")[1]) if ":" in device else 0
 
     def check() -> str | None:
-        return preflight_problem(read_gpu(index), min_free_mb=settings.gpu.min_free_mb,
+        reading = read_gpu(index)
+        if reading is not None:  # memory this process's torch keeps cached is ours to reuse
+            reading = replace(reading, free_mb=reading.free_mb + reclaimable_mb(index))
+        return preflight_problem(reading, min_free_mb=settings.gpu.min_free_mb,
                                  max_temperature_c=settings.gpu.max_temperature_c)
 
     return check
