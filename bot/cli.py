@@ -39,6 +39,12 @@ def _one_of(allowed: tuple[str, ...]):
     return check
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lessonreel", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -54,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, help="render with the diffusers pipeline saved in "
                       "this folder (one with model_index.json)")
     demo.set_defaults(handler=_demo)
+
+    chat = commands.add_parser("chat", help="talk to the bot in this terminal")
+    chat.add_argument("--no-render", action="store_true", help="queue renders for the "
+                      "workers instead of rendering them in this process")
+    chat.set_defaults(handler=_chat)
+
+    bot = commands.add_parser("bot", help="run the Slack or Telegram bot")
+    bot.add_argument("platform", choices=["slack", "telegram"])
+    bot.add_argument("--http", action="store_true", help="slack: serve POST /slack/events "
+                     "instead of Socket Mode")
+    bot.add_argument("--webhook", action="store_true", help="telegram: take updates on POST "
+                     "/telegram/webhook instead of long polling")
+    bot.add_argument("--host", default="0.0.0.0", help="address to listen on (HTTP modes)")
+    bot.add_argument("--port", type=_port, default=8080, help="port to listen on (HTTP modes)")
+    bot.set_defaults(handler=_bot)
+
+    serve = commands.add_parser("serve", help="serve share links")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=_port, default=8080)
+    serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="render jobs from the queue")
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
@@ -104,6 +130,50 @@ def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(request=args.request, out=args.out, language=args.lang,
                           aspect=args.aspect)
     return run_demo(options, Console(), Console(stderr=True))
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from bot.console import run_chat
+
+    return run_chat(render_here=not args.no_render)
+
+
+def _bot(args: argparse.Namespace) -> int:
+    _log_to_stderr()
+    from bot.runtime import build_runtime
+
+    if args.platform == "slack":
+        from bot.slack import run_slack, slack_settings
+
+        slack_settings()  # a missing token is one sentence, before Redis or the model start
+        return run_slack(build_runtime(), http=args.http, host=args.host, port=args.port)
+    from bot.telegram import run_telegram, telegram_settings
+
+    telegram_settings()
+    return run_telegram(build_runtime(), webhook=args.webhook, host=args.host, port=args.port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _log_to_stderr()
+    import uvicorn
+
+    from bot.web import share_app
+    from engine.settings import load_settings
+    from engine.share import share_secret
+
+    settings = load_settings()
+    uvicorn.run(share_app(settings, share_secret(settings)), host=args.host, port=args.port,
+                log_level="warning")
+    return 0
+
+
+def _log_to_stderr() -> None:
+    """Long-running services log to stderr; tokens never appear (we log no request bodies
+    and silence the HTTP client libraries' request logging)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    for noisy in ("httpx", "httpcore", "slack_sdk", "slack_bolt", "telegram.ext.Updater"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _worker(args: argparse.Namespace) -> int:

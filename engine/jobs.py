@@ -32,6 +32,8 @@ class RenderSpec(BaseModel):
     # A folder name inside the media root, which every worker mounts (never a path: a job
     # must not be able to make a worker write anywhere else).
     output: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    # A quick preview: the CPU animatic, whatever video model the worker has.
+    animatic: bool = False
 
 
 CANCEL_PREFIX = "lessonreel:cancel:"

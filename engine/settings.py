@@ -93,6 +93,26 @@ class QueueSettings(_Section):
     result_ttl_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
 
 
+class BotSettings(_Section):
+    # A render's status message is edited at most this often (platform rate limits).
+    status_interval_seconds: float = Field(2.0, ge=0.2, le=60.0)
+    # Jobs waiting on the queue beyond which a new render is refused politely.
+    max_queued_jobs: int = Field(20, ge=1, le=10_000)
+    # Largest image a teacher may send for a scene.
+    max_image_mb: int = Field(10, ge=1, le=100)
+    # Largest video sent into the chat; a link is sent always. 50 MB is Telegram's cloud Bot
+    # API limit (a local Bot API server allows 2000).
+    telegram_upload_mb: int = Field(50, ge=1, le=2000)
+    slack_upload_mb: int = Field(100, ge=1, le=1000)
+    # Conversations allowed to wait for the language model before "busy" is answered.
+    llm_max_waiting: int = Field(4, ge=0, le=1000)
+
+
+class ShareSettings(_Section):
+    # How long a share link opens, in days.
+    link_days: int = Field(30, ge=1, le=3650)
+
+
 class Settings(_Section):
     data_dir: str = ""
     redis_url: str = ""
@@ -104,6 +124,8 @@ class Settings(_Section):
     diffusion: DiffusionSettings = DiffusionSettings()
     gpu: GpuSettings = GpuSettings()
     queue: QueueSettings = QueueSettings()
+    bot: BotSettings = BotSettings()
+    share: ShareSettings = ShareSettings()
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:

@@ -47,7 +47,8 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         result = render_to_folder(
             spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
             on_step=reporter.step, should_stop=lambda: cancel_requested(job.connection,
-                                                                        spec.job_id))
+                                                                        spec.job_id),
+            animatic=spec.animatic)
     except JobCancelled:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",
                                    message=CANCELLED_MESSAGE))

@@ -69,12 +69,15 @@ def render_to_folder(
     storyboard: Storyboard, out_dir: Path, settings: Settings, *,
     progress: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+    animatic: bool = False,
 ) -> RenderResult:
-    """Render `storyboard` into `out_dir` with the renderer the settings choose."""
+    """Render `storyboard` into `out_dir` with the renderer the settings choose, or with the
+    CPU animatic when `animatic` (a quick preview)."""
     storyboard.check_total(settings.limits.max_total_seconds)
     prepare_output_dir(out_dir)
     font = font_file(settings.render.font_path)
-    plan = plan_for(settings, storyboard.aspect)  # None: no video model, the animatic
+    # None: no video model, or a preview: the animatic.
+    plan = None if animatic else plan_for(settings, storyboard.aspect)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         files = {name: staging / file_name for name, file_name in OUTPUT_FILES.items()}

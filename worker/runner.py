@@ -8,12 +8,14 @@ job loads stays loaded for the next one.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.timeouts import TimerDeathPenalty
 
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RENDER_FUNCTION, render_queue
@@ -103,6 +105,10 @@ def run_worker(
     queue = queue or render_queue(connection, settings)
     worker_class = ForegroundWorker if foreground else ResidentWorker
     worker = worker_class([queue], connection=connection, serializer=queue.serializer)
+    if threading.current_thread() is not threading.main_thread():
+        # SIGALRM, RQ's job timeout, exists only in the main thread (`lessonreel chat`
+        # renders in a background thread): time jobs out with a timer thread instead.
+        worker.death_penalty_class = TimerDeathPenalty
     worker.preflight = gpu_preflight(settings)
     return worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
 

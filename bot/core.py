@@ -1,0 +1,643 @@
+"""The conversation, the same on every platform.
+
+An adapter (Slack, Telegram, the console) turns what a platform delivers into calls here —
+a message in a thread, a command, a button press, an image — and shows what comes back:
+`Out` items of text, a storyboard card with buttons, and which job a status message follows.
+Everything here is synchronous and thread-safe: async adapters call it from worker threads,
+so a slow language model never holds up an acknowledgement.
+
+State lives in Redis, never in the process: a restarted bot, or a second one, picks up every
+thread where it was. Buttons carry short tokens that refer to server-side state, because
+Telegram allows 64 bytes of callback data and a button must not be trusted with anything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+from PIL import Image, UnidentifiedImageError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from bot.messages import COMMAND_WORDS, duration_words, say
+from engine.changes import describe_changes
+from engine.dialogue import Dialogue
+from engine.edits import apply_plain_edit
+from engine.errors import UserError
+from engine.history import StoryboardHistory, StoryboardVersion
+from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue, request_cancel
+from engine.llm import StoryboardLLM
+from engine.request import clean_text, detect_language
+from engine.settings import Settings
+from engine.share import share_url
+from engine.storyboard import Storyboard, format_seconds
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lessonreel:"
+ACTION_TTL_SECONDS = 60 * 86_400
+DEDUPE_TTL_SECONDS = 86_400
+# Until a few renders have been timed, a queue estimate assumes this many seconds a job.
+DEFAULT_JOB_SECONDS = 60.0
+VIDEOS_KEPT = 20
+ACTIONS = ("render", "preview", "edit", "cancel")
+IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+MAX_IMAGE_PIXELS = 40_000_000
+_SCENE_IN_CAPTION = re.compile(r"(?:scene|场景|第)\s*(\d{1,2})", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a conversation lives: a Slack thread, a Telegram chat, topic or reply chain."""
+
+    platform: str
+    chat: str
+    thread: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.chat}:{self.thread}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Place:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Author:
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Button:
+    action: str  # one of ACTIONS
+    label: str
+    token: str  # refers to server-side state (lessonreel:action:<token>)
+
+
+@dataclass(frozen=True)
+class CardScene:
+    number: int
+    seconds: int
+    visual: str
+    narration: str
+    image: str | None
+
+
+@dataclass(frozen=True)
+class Card:
+    """A storyboard as a platform shows it: a heading, a line per scene, buttons."""
+
+    heading: str
+    language: str
+    version: int
+    scenes: tuple[CardScene, ...]
+    buttons: tuple[Button, ...]
+    storyboard: Storyboard
+
+    def lines(self) -> list[str]:
+        lines = [self.heading]
+        for scene in self.scenes:
+            lines.append(say(self.language, "card_scene", number=scene.number,
+                             seconds=scene.seconds, visual=scene.visual))
+            if scene.narration:
+                lines.append("   " + say(self.language, "card_narration",
+                                         narration=scene.narration))
+            if scene.image:
+                lines.append("   " + say(self.language, "card_image", image=scene.image))
+        return lines
+
+
+@dataclass(frozen=True)
+class Out:
+    """One message to show. `follows_job`: this message is that job's status message, to be
+    edited in place as the render goes on."""
+
+    text: str
+    card: Card | None = None
+    follows_job: str | None = None
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class ActionRef:
+    action: str
+    place: Place
+    conversation: str
+    version: int
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a job's news goes: the thread that asked for it, and its status message."""
+
+    job_id: str
+    place: Place
+    conversation: str
+    version: int
+    language: str
+    author: str
+    title: str
+    total: str
+    preview: bool
+    status_ref: str = ""  # the platform's id of the status message, once posted
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class SharedLLM:
+    """One llama.cpp model serves the whole bot: turns use it one at a time."""
+
+    def __init__(self, llm: StoryboardLLM) -> None:
+        self._llm = llm
+        self._lock = threading.Lock()
+
+    def answer(self, *args, **kwargs):
+        with self._lock:
+            return self._llm.answer(*args, **kwargs)
+
+
+class ChatService:
+    def __init__(self, connection: redis.Redis, settings: Settings, *,
+                 share_secret: bytes, llm: StoryboardLLM | SharedLLM | None = None) -> None:
+        self.redis = connection
+        self.settings = settings
+        self.share_secret = share_secret
+        if isinstance(llm, StoryboardLLM):
+            llm = SharedLLM(llm)
+        self.llm = llm
+        self.dialogue = Dialogue(connection, settings, llm)  # type: ignore[arg-type]
+        self.history = StoryboardHistory(connection)
+        self.routes = RouteStore(connection)
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    # -- what adapters call ------------------------------------------------------------------
+
+    def first_time(self, platform: str, delivery_id: str) -> bool:
+        """True the first time a platform delivers this event/update id; False for retries."""
+        key = f"{PREFIX}seen:{platform}:{delivery_id[:200]}"
+        return bool(self.redis.set(key, "1", nx=True, ex=DEDUPE_TTL_SECONDS))
+
+    def message(self, place: Place, author: Author, text: str, *,
+                language: str | None = None) -> list[Out]:
+        """A teacher wrote in a thread: a command word, a new request or an edit."""
+        command = parse_command(text)
+        if command is not None:
+            return self.command(place, author, *command, language=language)
+        return self._guarded(place, language, text, lambda: self._turn(place, author, text,
+                                                                       language))
+
+    def command(self, place: Place, author: Author, name: str, argument: str = "", *,
+                language: str | None = None) -> list[Out]:
+        return self._guarded(place, language, argument,
+                             lambda: self._command(place, author, name, argument, language))
+
+    def action(self, token: str, author: Author, *,
+               language: str | None = None) -> tuple[Place | None, list[Out]]:
+        """A button was pressed. Returns the thread it belongs to and what to say there."""
+        ref = self._action_ref(token)
+        if ref is None:
+            return None, [Out(say(language or "en", "stale_button"), language=language or "en")]
+        return ref.place, self._guarded(ref.place, language, "",
+                                        lambda: self._act(ref, author, language))
+
+    def action_ref(self, token: str) -> ActionRef | None:
+        return self._action_ref(token)
+
+    def image(self, place: Place, author: Author, data: bytes, *, caption: str = "",
+              language: str | None = None) -> list[Out]:
+        """An image sent in the thread: it becomes a scene's image for image-to-video."""
+        return self._guarded(place, language, caption,
+                             lambda: self._image(place, data, caption, language))
+
+    def image_too_large(self, place: Place, size: int, *, language: str | None = None
+                        ) -> list[Out]:
+        """Answer an image too large to fetch (the platform told its size) without fetching."""
+        lang = self._language(place, language, "")
+        return [Out(say(lang, "image_too_large", size=round(size / 2**20, 1),
+                        limit=self.settings.bot.max_image_mb), language=lang)]
+
+    def unsupported_file(self, place: Place, name: str, *, language: str | None = None
+                         ) -> list[Out]:
+        lang = self._language(place, language, "")
+        return [Out(say(lang, "unsupported_file", name=name[:80]), language=lang)]
+
+    def edit_scene(self, conversation: str, version: int, number: int, *, visual: str,
+                   narration: str, seconds: int | None, language: str | None = None
+                   ) -> list[Out]:
+        """A scene edited in a form (Slack's modal): applied to the version the form showed."""
+        place = self._place_of(conversation)
+        return self._guarded(place, language, "", lambda: self._edit_scene(
+            conversation, version, number, visual, narration, seconds))
+
+    def card(self, place: Place) -> Out | None:
+        latest = self.history.latest(self.conversation(place))
+        return self._card_out(place, latest) if latest else None
+
+    def conversation(self, place: Place) -> str:
+        generation = int(self.redis.get(f"{PREFIX}thread:{place.key}") or 0)
+        conversation = f"{place.key}#{generation}"
+        self.redis.set(f"{PREFIX}place:{conversation}", place.to_json(), ex=ACTION_TTL_SECONDS)
+        return conversation
+
+    # -- turns -------------------------------------------------------------------------------
+
+    def _turn(self, place: Place, author: Author, text: str, language: str | None
+              ) -> list[Out]:
+        conversation = self.conversation(place)
+        latest = self.history.latest(conversation)
+        lang = self._language(place, language, text)
+        needs_model = self.llm is not None and not _is_plain_edit(latest, text)
+        if needs_model and not self._reserve_model():
+            return [Out(say(lang, "llm_busy"), language=lang)]
+        try:
+            reply = self.dialogue.turn(conversation, text, language=language if latest is None
+                                       and language in ("en", "zh") else None)
+        finally:
+            if needs_model:
+                self._release_model()
+        lang = reply.storyboard.language if reply.storyboard else lang
+        if reply.failed or reply.storyboard is None or reply.version == (
+                latest.number if latest else None):
+            return [Out(reply.text, language=lang)]
+        version = self.history.get(conversation, reply.version)
+        return [self._card_out(place, version, intro=reply.text)]
+
+    def _command(self, place: Place, author: Author, name: str, argument: str,
+                 language: str | None) -> list[Out]:
+        lang = self._language(place, language, argument)
+        conversation = self.conversation(place)
+        if name == "help":
+            return [Out(say(lang, "help", commands=say(lang, "commands")), language=lang)]
+        if name == "new":
+            self.redis.incr(f"{PREFIX}thread:{place.key}")
+            if argument.strip():
+                return self._turn(place, author, argument, language)
+            return [Out(say(lang, "new_started"), language=lang)]
+        if name == "unknown":
+            return [Out(say(lang, "unknown_command", name=argument[:40],
+                            commands=say(lang, "commands")), language=lang)]
+        if name == "videos":
+            return [self._videos(place.platform, author, lang)]
+        if name == "queue":
+            return [self._queue_status(conversation, lang)]
+        latest = self.history.latest(conversation)
+        if latest is None:
+            return [Out(say(lang, "nothing_yet"), language=lang)]
+        if name == "show":
+            return [self._card_out(place, latest)]
+        if name in ("render", "preview"):
+            return self._render(place, author, conversation, latest, preview=name == "preview")
+        if name == "cancel":
+            return [self._cancel(conversation, lang)]
+        raise ValueError(f"unknown command {name!r}")
+
+    def _act(self, ref: ActionRef, author: Author, language: str | None) -> list[Out]:
+        latest = self.history.latest(ref.conversation)
+        if latest is None:
+            return [Out(say(language or "en", "nothing_yet"))]
+        lang = latest.storyboard.language
+        if ref.action == "edit":
+            return [Out(say(lang, "edit_prompt"), language=lang)]
+        if ref.action == "cancel":
+            return [self._cancel(ref.conversation, lang)]
+        version = self.history.get(ref.conversation, ref.version)
+        outs = self._render(ref.place, author, ref.conversation, version,
+                            preview=ref.action == "preview")
+        if version.number != latest.number:
+            note = say(lang, "old_version", version=version.number, latest=latest.number)
+            outs = [Out(f"{note} {outs[0].text}", outs[0].card, outs[0].follows_job, lang),
+                    *outs[1:]]
+        return outs
+
+    def _render(self, place: Place, author: Author, conversation: str,
+                version: StoryboardVersion, *, preview: bool) -> list[Out]:
+        board = version.storyboard
+        lang = board.language
+        # One render per thread at a time, however many presses and bot processes race.
+        with self.redis.lock(f"{PREFIX}lock:{conversation}", timeout=30, blocking_timeout=20):
+            active = self._active_job(conversation)
+            if active is not None:
+                return [Out(say(lang, "busy_rendering", version=active.version), language=lang)]
+            queue = render_queue(self.redis, self.settings)
+            if queue.count >= self.settings.bot.max_queued_jobs:
+                return [Out(say(lang, "queue_full", queued=queue.count), language=lang)]
+            job_id = new_job_id()
+            self.routes.save(Route(
+                job_id=job_id, place=place, conversation=conversation, version=version.number,
+                language=lang, author=author.id, title=board.title,
+                total=format_seconds(board.total_seconds), preview=preview))
+            spec = RenderSpec(job_id=job_id, conversation=conversation, version=version.number,
+                              storyboard=board, output=job_id, animatic=preview)
+            enqueue_render(self.redis, self.settings, spec, queue=queue)
+            self.redis.set(f"{PREFIX}active:{conversation}", job_id,
+                           ex=self.settings.queue.job_timeout_seconds * 2)
+        ahead = max(len(queue.job_ids) - 1, 0)
+        key = "queued_preview" if preview else "queued"
+        text = say(lang, key, version=version.number, ahead=_ahead(lang, ahead),
+                   eta=duration_words(lang, (ahead + 1) * self.job_seconds()))
+        return [Out(text, follows_job=job_id, language=lang)]
+
+    def _cancel(self, conversation: str, lang: str) -> Out:
+        route = self._active_job(conversation)
+        if route is None:
+            return Out(say(lang, "nothing_to_cancel"), language=lang)
+        request_cancel(self.redis, self.settings, route.job_id)
+        return Out(say(lang, "cancel_sent", version=route.version), language=lang)
+
+    def _image(self, place: Place, data: bytes, caption: str, language: str | None
+               ) -> list[Out]:
+        conversation = self.conversation(place)
+        latest = self.history.latest(conversation)
+        lang = latest.storyboard.language if latest else self._language(place, language,
+                                                                        caption)
+        if len(data) > self.settings.bot.max_image_mb * 2**20:
+            return self.image_too_large(place, len(data), language=lang)
+        if latest is None:
+            return [Out(say(lang, "image_needs_board"), language=lang)]
+        name = self._save_image(data)
+        if name is None:
+            return [Out(say(lang, "image_unreadable"), language=lang)]
+        board = latest.storyboard
+        match = _SCENE_IN_CAPTION.search(caption or "")
+        if match:
+            number = int(match.group(1))
+        else:  # the first scene still without an image
+            number = next((i for i, s in enumerate(board.scenes, 1) if not s.image), 1)
+        if not 1 <= number <= len(board.scenes):
+            return [Out(say(lang, "image_no_scene", scene=number, count=len(board.scenes)),
+                        language=lang)]
+        scenes = [scene.model_dump() for scene in board.scenes]
+        scenes[number - 1]["image"] = name
+        new = board.revise(scenes=scenes)
+        changes = describe_changes(board, new)
+        number_saved = self.history.append(conversation, new, "; ".join(changes)[:200],
+                                           after=latest.number)
+        intro = say(lang, "image_added", scene=number)
+        return [self._card_out(place, self.history.get(conversation, number_saved),
+                               intro=intro)]
+
+    def _edit_scene(self, conversation: str, version: int, number: int, visual: str,
+                    narration: str, seconds: int | None) -> list[Out]:
+        current = self.history.get(conversation, version)
+        board = current.storyboard
+        if not 1 <= number <= len(board.scenes):
+            return [Out(say(board.language, "image_no_scene", scene=number,
+                            count=len(board.scenes)), language=board.language)]
+        scenes = [scene.model_dump() for scene in board.scenes]
+        scenes[number - 1].update(visual=clean_text(visual), narration=clean_text(narration))
+        if seconds is not None:
+            scenes[number - 1]["duration"] = seconds
+        new = board.revise(scenes=scenes)  # a bad value raises a UserError with the reason
+        new.check_total(self.settings.limits.max_total_seconds)
+        changes = describe_changes(board, new)
+        if not changes:
+            return [Out(say(board.language, "card_title", title=board.title,
+                            audience=board.audience, total=format_seconds(board.total_seconds),
+                            aspect=board.aspect, version=version), language=board.language)]
+        saved = self.history.append(conversation, new, "; ".join(changes)[:200], after=version)
+        intro = "\n".join(f"• {change}" for change in changes)
+        return [self._card_out(self._place_of(conversation),
+                               self.history.get(conversation, saved), intro=intro)]
+
+    # -- status ------------------------------------------------------------------------------
+
+    def job_seconds(self) -> float:
+        raw = self.redis.get(f"{PREFIX}stats:job_seconds")
+        return float(raw) if raw else DEFAULT_JOB_SECONDS
+
+    def _queue_status(self, conversation: str, lang: str) -> Out:
+        queue = render_queue(self.redis, self.settings)
+        running = len(queue.started_job_registry.get_job_ids())
+        route = self._active_job(conversation)
+        lines = []
+        if route is not None:
+            ids = queue.job_ids
+            if route.job_id in ids:
+                ahead = ids.index(route.job_id)
+                lines.append(say(lang, "queue_yours_waiting", version=route.version,
+                                 ahead=_ahead(lang, ahead),
+                                 eta=duration_words(lang, (ahead + 1) * self.job_seconds())))
+            else:
+                lines.append(say(lang, "queue_yours_running", version=route.version))
+        if queue.count or running:
+            lines.append(say(lang, "queue_status", queued=queue.count, running=running))
+        elif route is None:
+            lines.append(say(lang, "queue_empty"))
+        return Out("\n".join(lines), language=lang)
+
+    def _videos(self, platform: str, author: Author, lang: str) -> Out:
+        raw = self.redis.lrange(f"{PREFIX}videos:{platform}:{author.id}", 0, VIDEOS_KEPT - 1)
+        if not raw:
+            return Out(say(lang, "no_videos"), language=lang)
+        lines = [say(lang, "videos")]
+        for item in raw:
+            video = json.loads(item)
+            day = time.strftime("%Y-%m-%d", time.localtime(video["at"]))
+            url = share_url(self.settings, self.share_secret, video["folder"])
+            lines.append(f"• {video['title']} ({video['total']}, {day}): {url}")
+        return Out("\n".join(lines), language=lang)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _guarded(self, place: Place | None, language: str | None, text: str, work) -> list[Out]:
+        """Run a turn; a UserError becomes its sentence, anything else a polite apology."""
+        try:
+            return work()
+        except UserError as exc:
+            return [Out(str(exc), language=self._language(place, language, text))]
+        except Exception:
+            log.exception("a turn failed in %s", place.key if place else "an unknown thread")
+            lang = self._language(place, language, text)
+            return [Out(say(lang, "internal"), language=lang)]
+
+    def _language(self, place: Place | None, language: str | None, text: str) -> str:
+        if place is not None:
+            latest = self.history.latest(self.conversation(place))
+            if latest is not None:
+                return latest.storyboard.language
+        if text and detect_language(text) == "zh":
+            return "zh"
+        if language in ("en", "zh"):
+            return language
+        return self.settings.storyboard.language
+
+    def _reserve_model(self) -> bool:
+        with self._waiting_lock:
+            if self._waiting > self.settings.bot.llm_max_waiting:
+                return False
+            self._waiting += 1
+            return True
+
+    def _release_model(self) -> None:
+        with self._waiting_lock:
+            self._waiting -= 1
+
+    def _card_out(self, place: Place, version: StoryboardVersion, *, intro: str = "") -> Out:
+        board = version.storyboard
+        lang = board.language
+        conversation = self.conversation(place)
+        buttons = tuple(
+            Button(action, say(lang, f"button_{action}"),
+                   self._new_action(ActionRef(action, place, conversation, version.number)))
+            for action in ACTIONS)
+        scenes = tuple(CardScene(number, scene.duration, scene.visual, scene.narration,
+                                 scene.image)
+                       for number, scene in enumerate(board.scenes, start=1))
+        heading = say(lang, "card_title", title=board.title, audience=board.audience,
+                      total=format_seconds(board.total_seconds), aspect=board.aspect,
+                      version=version.number)
+        card = Card(heading, lang, version.number, scenes, buttons, board)
+        return Out(intro, card=card, language=lang)
+
+    def _new_action(self, ref: ActionRef) -> str:
+        token = secrets.token_urlsafe(9)  # 12 characters
+        self.redis.set(f"{PREFIX}action:{token}", json.dumps({
+            "action": ref.action, "place": asdict(ref.place), "conversation": ref.conversation,
+            "version": ref.version, "job_id": ref.job_id}), ex=ACTION_TTL_SECONDS)
+        return token
+
+    def _action_ref(self, token: str) -> ActionRef | None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", token or ""):
+            return None
+        raw = self.redis.get(f"{PREFIX}action:{token}")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return ActionRef(data["action"], Place(**data["place"]), data["conversation"],
+                         int(data["version"]), data.get("job_id", ""))
+
+    def _place_of(self, conversation: str) -> Place | None:
+        raw = self.redis.get(f"{PREFIX}place:{conversation}")
+        return Place.from_json(raw) if raw else None
+
+    def _active_job(self, conversation: str) -> Route | None:
+        job_id = self.redis.get(f"{PREFIX}active:{conversation}")
+        if not job_id:
+            return None
+        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+        route = self.routes.get(job_id)
+        if route is None or not _job_is_live(self.redis, job_id):
+            # The job ended without its final event being seen (or expired): free the thread.
+            self.redis.delete(f"{PREFIX}active:{conversation}")
+            return None
+        return route
+
+    def _save_image(self, data: bytes) -> str | None:
+        """Decode, check and re-encode an image into the uploads folder; its file name."""
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                kind = probe.format
+                if kind not in IMAGE_FORMATS or probe.width * probe.height > MAX_IMAGE_PIXELS:
+                    return None
+                probe.load()
+                image = probe.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            return None
+        import hashlib
+
+        name = f"img-{hashlib.sha256(data).hexdigest()[:20]}.png"
+        folder: Path = self.settings.uploads_path
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        if not target.exists():
+            partial = folder / f".{name}.{secrets.token_hex(4)}"
+            image.save(partial, "PNG")  # re-encoded: no metadata, nothing hostile kept
+            partial.replace(target)
+        return name
+
+
+class RouteStore:
+    """Job → thread, in Redis, so whichever bot process reads an event knows where it goes."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.redis = connection
+
+    def save(self, route: Route) -> None:
+        data = asdict(route)
+        data["place"] = asdict(route.place)
+        self.redis.set(self._key(route.job_id), json.dumps(data), ex=30 * 86_400)
+
+    def get(self, job_id: str) -> Route | None:
+        raw = self.redis.get(self._key(job_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        data["place"] = Place(**data["place"])
+        return Route(**data)
+
+    def claim_status(self, job_id: str, ref: str) -> str:
+        """Record the status message of a job, unless one is recorded already; return the
+        one that counts (first writer wins, so a job never has two status messages edited)."""
+        key = f"{PREFIX}status:{job_id}"
+        self.redis.set(key, ref, nx=True, ex=30 * 86_400)
+        current = self.redis.get(key)
+        return current.decode() if isinstance(current, bytes) else str(current)
+
+    def status_ref(self, job_id: str) -> str | None:
+        current = self.redis.get(f"{PREFIX}status:{job_id}")
+        if current is None:
+            return None
+        return current.decode() if isinstance(current, bytes) else str(current)
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"{PREFIX}route:{job_id}"
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """("render", "") for "/render" or "render"; ("new", "photosynthesis…") for "new …".
+    A lone command word counts; a sentence that starts with one does not, except "new"."""
+    stripped = clean_text(text)
+    slash = stripped.startswith("/")
+    word, _, rest = stripped.lstrip("/").partition(" ")
+    word = word.split("@", 1)[0].lower()  # Telegram: /render@lessonreel_bot
+    name = COMMAND_WORDS.get(word)
+    if name is None:
+        return ("unknown", word) if slash and word else None
+    rest = rest.strip()
+    if name == "new" and rest.lower() in ("storyboard", "分镜"):
+        rest = ""
+    if slash or not rest:  # "new seed for scene 2" is an edit, not a command
+        return name, rest
+    return None
+
+
+def _is_plain_edit(latest: StoryboardVersion | None, text: str) -> bool:
+    if latest is None:
+        return False
+    try:
+        return apply_plain_edit(latest.storyboard, clean_text(text)) is not None
+    except UserError:
+        return True  # a plain edit that cannot apply: answered by rule, no model needed
+
+
+def _job_is_live(connection: redis.Redis, job_id: str) -> bool:
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except Exception:  # gone (expired, deleted): not live
+        return False
+    return job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
+                                JobStatus.SCHEDULED)
+
+
+def _ahead(lang: str, count: int) -> str:
+    if count == 0:
+        return say(lang, "ahead_none")
+    if count == 1:
+        return say(lang, "ahead_one")
+    return say(lang, "ahead_many", count=count)

@@ -1,0 +1,164 @@
+"""What the bot says, in English and Chinese. Every platform says the same sentences."""
+
+from __future__ import annotations
+
+SAY: dict[str, dict[str, str]] = {
+    "en": {
+        "help": (
+            "I turn a request into a short lesson video. Write what you want, e.g. "
+            "“Explain photosynthesis to grade 7 in 30 seconds”, then change it by replying "
+            "in this thread (“make scene 2 shorter”). Send a photo with “scene 3” to use it in "
+            "that scene.\nCommands: {commands}."),
+        "commands": ("help · new [request] · show · render · preview · cancel · videos · "
+                     "queue"),
+        "new_started": "Started a new storyboard here; tell me what video to make.",
+        "nothing_yet": "There is no storyboard here yet; tell me what video to make.",
+        "stale_button": ("That button has expired. Type “show” to see the current "
+                         "storyboard."),
+        "old_version": "This card shows version {version}; the newest is {latest}.",
+        "busy_rendering": ("Version {version} is already being rendered here; wait for it, "
+                           "or cancel it first."),
+        "queue_full": ("The render queue is full ({queued} videos waiting); please try again "
+                       "in a few minutes."),
+        "llm_busy": ("The language model is busy with other teachers' requests; please send "
+                     "your message again in a minute."),
+        "queued": "Version {version} is queued: {ahead}, about {eta}.",
+        "queued_preview": "A quick preview of version {version} is queued: {ahead}, about {eta}.",
+        "ahead_none": "next in line",
+        "ahead_one": "1 video ahead of it",
+        "ahead_many": "{count} videos ahead of it",
+        "starting": "Rendering version {version}: starting…",
+        "progress_steps": "Rendering version {version}: scene {scene}/{scenes}, step "
+                          "{step}/{steps} ({percent}%)",
+        "progress": "Rendering version {version}: {percent}%",
+        "done_status": "Rendered version {version}.",
+        "done": "Your video is ready: {title} ({total}).",
+        "done_preview": "Your preview is ready: {title} ({total}). Press Render for the full "
+                        "video.",
+        "link": "Share link (opens for {days} days): {url}",
+        "too_big_to_upload": "The video is too large to send here; open it with the link.",
+        "failed": "The render of version {version} failed: {message}",
+        "cancelled": "The render of version {version} was cancelled; nothing was saved.",
+        "cancel_sent": "Cancelling the render of version {version}…",
+        "nothing_to_cancel": "Nothing is rendering here.",
+        "queue_empty": "The render queue is empty.",
+        "queue_status": "{queued} waiting, {running} rendering.",
+        "queue_yours_waiting": "Your render (version {version}) is {ahead}, about {eta}.",
+        "queue_yours_running": "Your render (version {version}) is rendering now.",
+        "no_videos": "You have no videos yet.",
+        "videos": "Your videos:",
+        "edit_prompt": ("Reply in this thread with your change, e.g. “make scene 2 "
+                        "shorter” or “scene 3: show a leaf under a microscope”."),
+        "image_added": "Scene {scene} will use your image.",
+        "image_needs_board": "Send your request first; then send the image for a scene.",
+        "image_no_scene": "Scene {scene} does not exist; this storyboard has {count} scenes.",
+        "image_too_large": ("That image is {size} MB; the limit is {limit} MB. Please send a "
+                            "smaller one."),
+        "image_unreadable": ("I could not read that image. Send a JPEG, PNG or WebP photo."),
+        "unsupported_file": ("I can only use images (JPEG, PNG or WebP) in a scene; “{name}” "
+                             "is not one. Write your changes as text."),
+        "unknown_command": "I don't know “{name}”. Commands: {commands}.",
+        "internal": ("Sorry, something went wrong on my side; nothing was lost. Please try "
+                     "again, and tell your IT contact if it keeps happening."),
+        "card_title": "{title} · {audience} · {total} · {aspect} · version {version}",
+        "card_scene": "{number}. {seconds} s — {visual}",
+        "card_narration": "🗣 {narration}",
+        "card_image": "🖼 image: {image}",
+        "button_render": "Render",
+        "button_preview": "Preview",
+        "button_edit": "Edit",
+        "button_cancel": "Cancel",
+        "edit_scene_title": "Edit scene {scene}",
+        "edit_visual": "What we see",
+        "edit_narration": "What is said",
+        "edit_seconds": "Seconds",
+        "minutes": "{count} min",
+        "seconds": "{count} s",
+    },
+    "zh": {
+        "help": (
+            "我能把你的要求做成一段简短的教学视频。直接写下需要，例如“用30秒给初一学生讲解光合作用”，"
+            "然后在这个话题里回复修改（“场景2短一点”）。发送图片并写上“场景3”，就会用在该场景。\n"
+            "命令：{commands}。"),
+        "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
+        "new_started": "已在这里新建分镜；请说说要做什么视频。",
+        "nothing_yet": "这里还没有分镜；请说说要做什么视频。",
+        "stale_button": "这个按钮已失效。输入“查看”可看到当前分镜。",
+        "old_version": "这张卡片是第 {version} 版；最新是第 {latest} 版。",
+        "busy_rendering": "第 {version} 版正在渲染；请等它完成，或先取消。",
+        "queue_full": "渲染队列已满（{queued} 个视频在等待）；请过几分钟再试。",
+        "llm_busy": "语言模型正忙于其他老师的请求；请一分钟后再发一次。",
+        "queued": "第 {version} 版已排队：{ahead}，约 {eta}。",
+        "queued_preview": "第 {version} 版的快速预览已排队：{ahead}，约 {eta}。",
+        "ahead_none": "下一个就是它",
+        "ahead_one": "前面还有 1 个视频",
+        "ahead_many": "前面还有 {count} 个视频",
+        "starting": "正在渲染第 {version} 版：开始…",
+        "progress_steps": "正在渲染第 {version} 版：场景 {scene}/{scenes}，步骤 {step}/{steps}"
+                          "（{percent}%）",
+        "progress": "正在渲染第 {version} 版：{percent}%",
+        "done_status": "第 {version} 版已渲染完成。",
+        "done": "视频做好了：{title}（{total}）。",
+        "done_preview": "预览做好了：{title}（{total}）。按“渲染”生成完整视频。",
+        "link": "分享链接（{days} 天内有效）：{url}",
+        "too_big_to_upload": "视频太大，无法在这里发送；请用链接打开。",
+        "failed": "第 {version} 版渲染失败：{message}",
+        "cancelled": "第 {version} 版的渲染已取消，没有保存任何内容。",
+        "cancel_sent": "正在取消第 {version} 版的渲染…",
+        "nothing_to_cancel": "这里没有正在渲染的视频。",
+        "queue_empty": "渲染队列是空的。",
+        "queue_status": "{queued} 个在等待，{running} 个正在渲染。",
+        "queue_yours_waiting": "你的渲染（第 {version} 版）：{ahead}，约 {eta}。",
+        "queue_yours_running": "你的渲染（第 {version} 版）正在进行。",
+        "no_videos": "你还没有视频。",
+        "videos": "你的视频：",
+        "edit_prompt": "请在这个话题里回复修改，例如“场景2短一点”或“场景3：显微镜下的叶片”。",
+        "image_added": "场景 {scene} 将使用你的图片。",
+        "image_needs_board": "请先发送要求，再为某个场景发送图片。",
+        "image_no_scene": "没有场景 {scene}；这个分镜有 {count} 个场景。",
+        "image_too_large": "这张图片有 {size} MB，上限是 {limit} MB。请发送小一点的图片。",
+        "image_unreadable": "无法读取这张图片。请发送 JPEG、PNG 或 WebP 格式的照片。",
+        "unsupported_file": ("场景里只能使用图片（JPEG、PNG 或 WebP），“{name}”不是图片。"
+                             "修改请用文字说明。"),
+        "unknown_command": "不认识“{name}”。命令：{commands}。",
+        "internal": ("抱歉，我这边出了问题，没有丢失任何内容。请再试一次；如果一直这样，"
+                     "请联系学校的 IT 人员。"),
+        "card_title": "{title} · {audience} · {total} · {aspect} · 第 {version} 版",
+        "card_scene": "{number}. {seconds} 秒 — {visual}",
+        "card_narration": "🗣 {narration}",
+        "card_image": "🖼 图片：{image}",
+        "button_render": "渲染",
+        "button_preview": "预览",
+        "button_edit": "修改",
+        "button_cancel": "取消",
+        "edit_scene_title": "修改场景 {scene}",
+        "edit_visual": "画面",
+        "edit_narration": "旁白",
+        "edit_seconds": "秒数",
+        "minutes": "{count} 分钟",
+        "seconds": "{count} 秒",
+    },
+}
+
+# Command words a teacher may type, alone or after a slash, in either language.
+COMMAND_WORDS = {
+    "help": "help", "帮助": "help", "start": "help",
+    "new": "new", "新建": "new",
+    "show": "show", "查看": "show", "storyboard": "show",
+    "render": "render", "渲染": "render",
+    "preview": "preview", "预览": "preview",
+    "cancel": "cancel", "取消": "cancel", "stop": "cancel",
+    "videos": "videos", "我的视频": "videos", "myvideos": "videos",
+    "queue": "queue", "队列": "queue", "status": "queue",
+}
+COMMANDS = ("help", "new", "show", "render", "preview", "cancel", "videos", "queue")
+
+
+def say(language: str, key: str, **values: object) -> str:
+    return SAY.get(language, SAY["en"])[key].format(**values)
+
+
+def duration_words(language: str, seconds: float) -> str:
+    if seconds < 90:
+        return say(language, "seconds", count=max(round(seconds / 5.0) * 5, 5))
+    return say(language, "minutes", count=round(seconds / 60.0))

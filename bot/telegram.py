@@ -1,0 +1,454 @@
+"""The Telegram face: python-telegram-bot, long polling by default, or a webhook.
+
+A conversation is a private chat, a forum topic (`message_thread_id`), or in a group a reply
+chain: a message that mentions the bot or a command starts one, and replies to the bot's
+messages continue it (every message the bot sends in a group is remembered with its thread).
+Buttons carry "lr:" plus a 12-character token that refers to server-side state, well inside
+Telegram's 64 bytes of callback data, and every button press is answered. A `RetryAfter`
+(flood control) is waited out and the call made again; an update delivered twice is acted on
+once. The webhook checks Telegram's secret-token header in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import TypeVar
+
+from telegram import (
+    BotCommand,
+    ForceReply,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyParameters,
+    Update,
+)
+from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from bot.core import Author, Out, Place, Route
+from bot.messages import COMMANDS, say
+from bot.relay import Delivery
+from bot.runtime import Runtime, relay_for
+from engine.errors import SettingsError
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "telegram"
+CALLBACK_PREFIX = "lr:"
+TEXT_LIMIT = 4096
+CAPTION_LIMIT = 1024
+MAX_RETRIES = 3
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+COMMAND_HELP = {
+    "help": "What I can do", "new": "Start a new storyboard", "show": "Show the storyboard",
+    "render": "Render the video", "preview": "A quick preview (animatic)",
+    "cancel": "Cancel the render", "videos": "My videos", "queue": "Queue position and ETA",
+}
+T = TypeVar("T")
+
+
+def telegram_settings(environ=None) -> dict[str, str]:
+    environ = os.environ if environ is None else environ
+    token = environ.get("TELEGRAM_BOT_TOKEN", "")
+    if not token:
+        raise SettingsError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and "
+                            "set the token it gives you.")
+    return {"token": token, "api_url": environ.get("LESSONREEL_TELEGRAM_API_URL", "").rstrip("/"),
+            "webhook_secret": environ.get("LESSONREEL_TELEGRAM_WEBHOOK_SECRET", "")}
+
+
+def _language(update: Update) -> str | None:
+    user = update.effective_user
+    code = (user.language_code or "") if user else ""
+    return "zh" if code.startswith("zh") else ("en" if code else None)
+
+
+async def with_flood_control(call: Callable[[], Awaitable[T]]) -> T:
+    """Make a Bot API call; on RetryAfter, wait as long as Telegram says, then again."""
+    for attempt in range(MAX_RETRIES + 1):
+        try:
+            return await call()
+        except RetryAfter as exc:
+            if attempt == MAX_RETRIES:
+                raise
+            wait = exc.retry_after
+            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+            log.info("Telegram flood control: waiting %.1f s", seconds)
+            await asyncio.sleep(seconds)
+    raise AssertionError("unreachable")
+
+
+class TelegramBot:
+    def __init__(self, runtime: Runtime, *, token: str, api_url: str = "") -> None:
+        self.runtime = runtime
+        self.service = runtime.service
+        builder = ApplicationBuilder().token(token).concurrent_updates(64)
+        if api_url:
+            builder = builder.base_url(f"{api_url}/bot").base_file_url(f"{api_url}/file/bot")
+        self.app: Application = builder.build()
+        self.upload_limit = runtime.settings.bot.telegram_upload_mb * 2**20
+        self.relay = relay_for(runtime, PLATFORM, self)
+        self._register()
+
+    @property
+    def bot(self):
+        return self.app.bot
+
+    def _register(self) -> None:
+        app = self.app
+        app.add_handler(TypeHandler(Update, self._dedupe), group=-1)
+        app.add_handler(CallbackQueryHandler(self._on_button))
+        app.add_handler(MessageHandler(filters.PHOTO, self._on_photo))
+        app.add_handler(MessageHandler(filters.Document.ALL, self._on_document))
+        app.add_handler(MessageHandler(filters.TEXT, self._on_text))
+        app.add_handler(MessageHandler(
+            filters.ATTACHMENT & ~filters.PHOTO & ~filters.Document.ALL, self._on_other_file))
+        app.add_error_handler(self._on_error)
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def _dedupe(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not await asyncio.to_thread(self.service.first_time, PLATFORM,
+                                       str(update.update_id)):
+            raise ApplicationHandlerStop
+
+    async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        place = await self._place(message)
+        if place is None:
+            return  # group chatter not addressed to the bot
+        text = self._strip_mention(message.text or "")
+        author = _author(update)
+        await self._typing(message)
+        outs = await asyncio.to_thread(self.service.message, place, author, text,
+                                       language=_language(update))
+        await self._post(place, outs, reply_to=message)
+
+    async def _on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        place = await self._place(message, addressed=True)
+        largest = max(message.photo, key=lambda size: size.width * size.height)
+        await self._image(update, place, largest.file_id, largest.file_size)
+
+    async def _on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        place = await self._place(message, addressed=True)
+        document = message.document
+        if not (document.mime_type or "").startswith("image/"):
+            outs = await asyncio.to_thread(self.service.unsupported_file, place,
+                                           document.file_name or "file",
+                                           language=_language(update))
+            await self._post(place, outs, reply_to=message)
+            return
+        await self._image(update, place, document.file_id, document.file_size)
+
+    async def _on_other_file(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        place = await self._place(message, addressed=True)
+        name = "video" if message.video else "voice" if message.voice else "file"
+        outs = await asyncio.to_thread(self.service.unsupported_file, place, name,
+                                       language=_language(update))
+        await self._post(place, outs, reply_to=message)
+
+    async def _image(self, update: Update, place: Place, file_id: str, size: int | None
+                     ) -> None:
+        message = update.effective_message
+        author, language = _author(update), _language(update)
+        if size and size > self.runtime.settings.bot.max_image_mb * 2**20:
+            outs = await asyncio.to_thread(self.service.image_too_large, place, size,
+                                           language=language)
+        else:
+            file = await with_flood_control(lambda: self.bot.get_file(file_id))
+            data = bytes(await file.download_as_bytearray())
+            outs = await asyncio.to_thread(self.service.image, place, author, data,
+                                           caption=message.caption or "", language=language)
+        await self._post(place, outs, reply_to=message)
+
+    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        data = query.data or ""
+        token = data[len(CALLBACK_PREFIX):] if data.startswith(CALLBACK_PREFIX) else ""
+        # Answer at once: Telegram shows a spinner on the button until the query is answered.
+        await with_flood_control(lambda: query.answer())
+        place, outs = await asyncio.to_thread(self.service.action, token, _author(update),
+                                              language=_language(update))
+        message = query.message if isinstance(query.message, Message) else None
+        if place is None:
+            if message is None:
+                return
+            place = await self._place(message, addressed=True)
+        force_reply = bool(outs) and token and (
+            (ref := await asyncio.to_thread(self.service.action_ref, token)) is not None
+            and ref.action == "edit")
+        await self._post(place, outs, reply_to=message, force_reply=bool(force_reply))
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("Telegram handler failed: %s", context.error.__class__.__name__,
+                  exc_info=context.error)
+        if isinstance(update, Update) and update.effective_message is not None:
+            with _quietly():
+                place = await self._place(update.effective_message, addressed=True)
+                lang = _language(update) or "en"
+                await self._post(place, [Out(say(lang, "internal"), language=lang)],
+                                 reply_to=update.effective_message)
+
+    # -- places ------------------------------------------------------------------------------
+
+    async def _place(self, message: Message, *, addressed: bool = False) -> Place | None:
+        chat = message.chat
+        if chat.type == "private":
+            return Place(PLATFORM, str(chat.id), "")
+        if message.is_topic_message and message.message_thread_id:
+            return Place(PLATFORM, str(chat.id), f"t{message.message_thread_id}")
+        replied = message.reply_to_message
+        if replied is not None and replied.from_user and replied.from_user.id == self.bot.id:
+            thread = await asyncio.to_thread(self._thread_of, chat.id, replied.message_id)
+            if thread:
+                return Place(PLATFORM, str(chat.id), thread)
+        if addressed or self._mentions_bot(message):
+            return Place(PLATFORM, str(chat.id), f"m{message.message_id}")
+        return None
+
+    def _mentions_bot(self, message: Message) -> bool:
+        text = message.text or message.caption or ""
+        username = self.bot.username if self.bot._bot_user else ""
+        return text.startswith("/") or bool(username and f"@{username}" in text)
+
+    def _strip_mention(self, text: str) -> str:
+        username = self.bot.username if self.bot._bot_user else ""
+        return text.replace(f"@{username}", " ").strip() if username else text
+
+    def _thread_of(self, chat_id: int, message_id: int) -> str | None:
+        raw = self.runtime.connection.get(f"lessonreel:tg:msg:{chat_id}:{message_id}")
+        return raw.decode() if raw else None
+
+    def _remember(self, place: Place, sent: Message) -> None:
+        if place.thread.startswith("m"):  # a group reply chain: replies to this continue it
+            self.runtime.connection.set(f"lessonreel:tg:msg:{place.chat}:{sent.message_id}",
+                                        place.thread, ex=30 * 86_400)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _where(self, place: Place, reply_to: Message | None) -> dict:
+        where: dict = {"chat_id": int(place.chat)}
+        if place.thread.startswith("t"):
+            where["message_thread_id"] = int(place.thread[1:])
+        if reply_to is not None and place.thread.startswith("m"):
+            where["reply_parameters"] = ReplyParameters(reply_to.message_id,
+                                                        allow_sending_without_reply=True)
+        elif place.thread.startswith("m"):
+            where["reply_parameters"] = ReplyParameters(int(place.thread[1:]),
+                                                        allow_sending_without_reply=True)
+        return where
+
+    async def _post(self, place: Place, outs: Sequence[Out], *, reply_to: Message | None = None,
+                    force_reply: bool = False) -> None:
+        where = self._where(place, reply_to)
+        for out in outs:
+            markup = None
+            text = out.text
+            if out.card is not None:
+                text = "\n".join(filter(None, (out.text, *out.card.lines())))
+                markup = InlineKeyboardMarkup([[
+                    InlineKeyboardButton(button.label,
+                                         callback_data=CALLBACK_PREFIX + button.token)
+                    for button in out.card.buttons]])
+            elif force_reply:
+                markup = ForceReply(selective=True)
+            sent = await with_flood_control(lambda text=text, markup=markup: self.bot.send_message(
+                text=_fit(text, TEXT_LIMIT), reply_markup=markup, **where))
+            await asyncio.to_thread(self._remember, place, sent)
+            if out.follows_job:
+                await asyncio.to_thread(self.service.routes.claim_status, out.follows_job,
+                                        str(sent.message_id))
+
+    async def _typing(self, message: Message) -> None:
+        with _quietly():
+            await self.bot.send_chat_action(
+                chat_id=message.chat.id, action="typing",
+                message_thread_id=message.message_thread_id if message.is_topic_message else None)
+
+    # -- the relay's Notifier ----------------------------------------------------------------
+
+    async def post_status(self, route: Route, text: str) -> str:
+        sent = await with_flood_control(lambda: self.bot.send_message(
+            text=_fit(text, TEXT_LIMIT), **self._where(route.place, None)))
+        await asyncio.to_thread(self._remember, route.place, sent)
+        return str(sent.message_id)
+
+    async def edit_status(self, route: Route, ref: str, text: str) -> None:
+        try:
+            await with_flood_control(lambda: self.bot.edit_message_text(
+                text=_fit(text, TEXT_LIMIT), chat_id=int(route.place.chat),
+                message_id=int(ref)))
+        except BadRequest as exc:
+            if "not modified" not in str(exc).lower():
+                raise
+
+    async def deliver(self, route: Route, delivery: Delivery) -> None:
+        where = self._where(route.place, None)
+        video = delivery.video
+        if video is not None and video.stat().st_size <= self.upload_limit:
+            if len(delivery.text) <= CAPTION_LIMIT:
+                sent = await with_flood_control(lambda: self._send_video(
+                    video, delivery.text, where))
+                await asyncio.to_thread(self._remember, route.place, sent)
+                return
+            await with_flood_control(lambda: self._send_video(video, None, where))
+        text = delivery.text
+        if video is not None and video.stat().st_size > self.upload_limit:
+            text += "\n" + say(route.language, "too_big_to_upload")
+        sent = await with_flood_control(lambda: self.bot.send_message(
+            text=_fit(text, TEXT_LIMIT), **where))
+        await asyncio.to_thread(self._remember, route.place, sent)
+
+    async def _send_video(self, video, caption: str | None, where: dict) -> Message:
+        with open(video, "rb") as handle:
+            return await self.bot.send_video(video=handle, caption=caption,
+                                             supports_streaming=True,
+                                             filename=video.name, **where)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def register_commands(self) -> None:
+        await with_flood_control(lambda: self.bot.set_my_commands(
+            [BotCommand(name, COMMAND_HELP[name]) for name in COMMANDS]))
+
+    async def run_polling(self, stop: asyncio.Event) -> None:
+        """Long polling until `stop` is set: the usual case, no public URL needed."""
+        relay_stop = asyncio.Event()
+        async with self.app:
+            await self.register_commands()
+            await self.app.start()
+            await asyncio.to_thread(self.relay.ensure_group)
+            relay = asyncio.create_task(self.relay.run(relay_stop))
+            await self.app.updater.start_polling(poll_interval=0.0, timeout=10,
+                                                 drop_pending_updates=False)
+            try:
+                await stop.wait()
+            finally:
+                relay_stop.set()
+                await self.app.updater.stop()
+                await self.app.stop()
+                await relay
+
+    def webhook_routes(self, secret: str):
+        """POST /telegram/webhook: Telegram's secret-token header must match, in constant time."""
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Route as WebRoute
+
+        expected = secret.encode()
+
+        async def webhook(request: Request):
+            given = request.headers.get(SECRET_HEADER, "").encode()
+            if not hmac.compare_digest(given, expected):
+                return PlainTextResponse("forbidden", status_code=403)
+            try:
+                data = await request.json()
+                update = Update.de_json(data, self.bot)
+            except (ValueError, TypeError, KeyError):
+                return PlainTextResponse("bad update", status_code=400)
+            if update is None:
+                return PlainTextResponse("bad update", status_code=400)
+            await self.app.update_queue.put(update)
+            return PlainTextResponse("ok")
+
+        return [WebRoute(WEBHOOK_PATH, webhook, methods=["POST"])]
+
+    def webhook_app(self, secret: str, public_url: str):
+        """The share links plus the webhook; registers the webhook with Telegram at start."""
+        import contextlib as _contextlib
+
+        from bot.web import share_app
+
+        app = share_app(self.runtime.settings, self.runtime.secret, self.webhook_routes(secret))
+
+        @_contextlib.asynccontextmanager
+        async def lifespan(_app):
+            relay_stop = asyncio.Event()
+            async with self.app:
+                await self.register_commands()
+                await with_flood_control(lambda: self.bot.set_webhook(
+                    url=public_url.rstrip("/") + WEBHOOK_PATH, secret_token=secret,
+                    allowed_updates=["message", "callback_query"]))
+                await self.app.start()
+                await asyncio.to_thread(self.relay.ensure_group)
+                relay = asyncio.create_task(self.relay.run(relay_stop))
+                try:
+                    yield
+                finally:
+                    relay_stop.set()
+                    await self.app.stop()
+                    await relay
+
+        app.router.lifespan_context = lifespan
+        return app
+
+
+def run_telegram(runtime: Runtime, *, webhook: bool, host: str, port: int) -> int:
+    config = telegram_settings()
+    bot = TelegramBot(runtime, token=config["token"], api_url=config["api_url"])
+    if webhook:
+        secret = config["webhook_secret"]
+        if len(secret) < 16 or not all(c.isalnum() or c in "_-" for c in secret):
+            raise SettingsError("LESSONREEL_TELEGRAM_WEBHOOK_SECRET must be set to 16-256 "
+                                "letters, digits, _ or - for webhook mode.")
+        if not runtime.settings.public_url:
+            raise SettingsError("LESSONREEL_PUBLIC_URL must be set for webhook mode: it is "
+                                "the https address Telegram posts updates to.")
+        import uvicorn
+
+        uvicorn.run(bot.webhook_app(secret, runtime.settings.public_url), host=host, port=port,
+                    log_level="warning")
+        return 0
+
+    async def main() -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await bot.run_polling(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+class _quietly:
+    """Best effort: a failed typing indicator or apology must not raise again."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, TelegramError | OSError | ValueError):
+            log.warning("Telegram call failed: %s", exc)
+            return True
+        return False
+
+
+def _author(update: Update) -> Author:
+    user = update.effective_user
+    return Author(str(user.id), user.full_name) if user else Author("")
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
