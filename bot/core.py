@@ -197,6 +197,8 @@ class ChatService:
         """A teacher wrote in a thread: a command word, a new request or an edit."""
         command = parse_command(text)
         if command is not None:
+            if detect_language(text) == "zh":  # "帮助": answer in Chinese
+                language = "zh"
             return self.command(place, author, *command, language=language)
         return self._guarded(place, language, text, lambda: self._turn(place, author, text,
                                                                        language))
