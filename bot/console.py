@@ -61,7 +61,10 @@ class ConsoleChat:
         self.place = Place("console", user, secrets.token_hex(4))
         self.author = Author(user)
         self.notifier = ConsoleNotifier(self._print)
-        self.relay = RelayThread(relay_for(runtime, "console", self.notifier))
+        # A group of its own: two terminals chatting at once each see their own renders.
+        self.relay = RelayThread(relay_for(runtime, "console", self.notifier,
+                                           group=f"console-{self.place.thread}",
+                                           only=lambda route: route.place == self.place))
         self.render_here = render_here
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -76,7 +79,7 @@ class ConsoleChat:
             self._worker.join()
             # Rendered here: its last news is on the stream, a moment from being shown.
             self.notifier.wait_for(self.followed, FINAL_GRACE_SECONDS)
-        self.relay.stop()
+        self.relay.stop(remove_group=True)
 
     def send(self, line: str) -> list[Out]:
         outs = self.runtime.service.message(self.place, self.author, line)

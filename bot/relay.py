@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,7 +78,8 @@ def status_text(route: Route, event: RenderEvent) -> str:
 class EventRelay:
     def __init__(self, connection: redis.Redis, settings: Settings, *, share_secret: bytes,
                  platform: str, notifier: Notifier, consumer: str = "main",
-                 stream: str = STREAM) -> None:
+                 stream: str = STREAM, group: str | None = None,
+                 only: Callable[[Route], bool] | None = None) -> None:
         self.redis = connection
         self.settings = settings
         self.share_secret = share_secret
@@ -85,8 +87,10 @@ class EventRelay:
         self.notifier = notifier
         self.consumer = consumer
         self.stream = stream
-        self.group = f"bot-{platform}"
+        # One group per platform bot: each reads every event once, whatever the others do.
+        self.group = group or f"bot-{platform}"
         self.routes = RouteStore(connection)
+        self.only = only  # a further filter on which jobs are this reader's
         self._last_edit: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
 
@@ -97,6 +101,10 @@ class EventRelay:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def remove_group(self) -> None:
+        """For a reader that lives only as long as its session (the console)."""
+        self.redis.xgroup_destroy(self.stream, self.group)
 
     async def run(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
         self.ensure_group()
@@ -147,7 +155,8 @@ class EventRelay:
 
     async def handle(self, event: RenderEvent) -> None:
         route = await asyncio.to_thread(self.routes.get, event.job_id)
-        if route is None or route.place.platform != self.platform:
+        if route is None or route.place.platform != self.platform or (
+                self.only is not None and not self.only(route)):
             return  # another platform's job, or the demo's
         if event.kind == "queued":
             return  # the reply to "render" already says it is queued

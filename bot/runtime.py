@@ -38,9 +38,10 @@ def build_runtime(settings: Settings | None = None) -> Runtime:
     return Runtime(settings, connection, secret, service)
 
 
-def relay_for(runtime: Runtime, platform: str, notifier: Notifier) -> EventRelay:
+def relay_for(runtime: Runtime, platform: str, notifier: Notifier, *,
+              group: str | None = None, only=None) -> EventRelay:
     return EventRelay(runtime.connection, runtime.settings, share_secret=runtime.secret,
-                      platform=platform, notifier=notifier)
+                      platform=platform, notifier=notifier, group=group, only=only)
 
 
 class RelayThread(threading.Thread):
@@ -57,6 +58,8 @@ class RelayThread(threading.Thread):
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self.relay.run(self._stop_event, block_ms=200))
 
-    def stop(self) -> None:
+    def stop(self, *, remove_group: bool = False) -> None:
         self._loop.call_soon_threadsafe(self._stop_event.set)
         self.join(timeout=5)
+        if remove_group:
+            self.relay.remove_group()

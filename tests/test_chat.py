@@ -399,3 +399,17 @@ def test_a_whole_conversation_in_the_console(runtime):
     assert "Your preview is ready" in text and "/v/" in text
     [delivery] = chat.notifier.deliveries
     assert delivery.video.exists()
+
+
+def test_two_terminals_at_once_each_see_only_their_own_render(runtime):
+    outputs = [io.StringIO(), io.StringIO()]
+    chats = [ConsoleChat(runtime, Console(file=out, width=120, color_system=None))
+             for out in outputs]
+    with chats[0] as first, chats[1] as second:
+        first.send("Explain magnets to grade 5 in 10 seconds")
+        second.send("Explain fractions to grade 4 in 10 seconds")
+        first.send("preview")
+        second.send("preview")
+    assert len(first.notifier.deliveries) == 1 and len(second.notifier.deliveries) == 1
+    assert "Magnet" in outputs[0].getvalue().split("Your preview is ready")[1]
+    assert "Fraction" in outputs[1].getvalue().split("Your preview is ready")[1]
