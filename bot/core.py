@@ -154,7 +154,7 @@ class Route:
     title: str
     total: str
     preview: bool
-    status_ref: str = ""  # the platform's id of the status message, once posted
+    created_at: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -342,7 +342,8 @@ class ChatService:
             self.routes.save(Route(
                 job_id=job_id, place=place, conversation=conversation, version=version.number,
                 language=lang, author=author.id, title=board.title,
-                total=format_seconds(board.total_seconds), preview=preview))
+                total=format_seconds(board.total_seconds), preview=preview,
+                created_at=time.time()))
             spec = RenderSpec(job_id=job_id, conversation=conversation, version=version.number,
                               storyboard=board, output=job_id, animatic=preview)
             enqueue_render(self.redis, self.settings, spec, queue=queue)

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 DELIVERED_TTL_SECONDS = 30 * 86_400
 MAX_ATTEMPTS = 5  # a final message that fails this often is logged and given up
-STATS_WEIGHT = 0.3  # of the newest job in the running average of job seconds
+STATS_WEIGHT = 0.3
+# How long after "render" the adapter has to post and record the job's status message.
+STATUS_GRACE_SECONDS = 10.0  # of the newest job in the running average of job seconds
 
 
 @dataclass(frozen=True)
@@ -172,14 +174,20 @@ class EventRelay:
         if await self._show_status(route, status_text(route, event)):
             self._last_edit[route.job_id] = now
 
-    async def _show_status(self, route: Route, text: str) -> bool:
-        """Edit the job's status message to `text` (post one if there is none); False when
-        the text is what it already says."""
+    async def _show_status(self, route: Route, text: str, *, final: bool = False) -> bool:
+        """Edit the job's status message to `text`; False when there was nothing to do.
+
+        The adapter posts the status message (its reply to "render") and records it. Until
+        it has, progress is not shown: posting another here could race it into two status
+        messages. Only when none turns up (the adapter died between queueing and posting)
+        does the relay post one, so the thread still sees progress."""
         key = f"{PREFIX}status-text:{route.job_id}"
         if await asyncio.to_thread(self.redis.get, key) == text.encode():
             return False
         ref = await asyncio.to_thread(self.routes.status_ref, route.job_id)
         if ref is None:
+            if final or time.time() - route.created_at < STATUS_GRACE_SECONDS:
+                return False
             posted = await self.notifier.post_status(route, text)
             ref = await asyncio.to_thread(self.routes.claim_status, route.job_id, posted)
             if ref == posted:
@@ -193,9 +201,14 @@ class EventRelay:
         delivered = f"{PREFIX}delivered:{route.job_id}"
         if await asyncio.to_thread(self.redis.exists, delivered):
             return  # a repeat (a restart between posting and acknowledging)
-        await self._show_status(route, status_text(route, event))
-        delivery = self._delivery(route, event)
-        await self.notifier.deliver(route, delivery)
+        shown = False
+        try:
+            shown = await self._show_status(route, status_text(route, event), final=True)
+        except Exception:  # a deleted or uneditable status message must not cost the result
+            log.warning("could not update the status message of job %s", route.job_id,
+                        exc_info=True)
+        if not (event.kind == "cancelled" and shown):  # the status already says "cancelled"
+            await self.notifier.deliver(route, self._delivery(route, event))
         await asyncio.to_thread(self.redis.set, delivered, "1", ex=DELIVERED_TTL_SECONDS)
         await asyncio.to_thread(self._after_final, route, event)
 

@@ -25,7 +25,7 @@ from engine.storyboard import Storyboard, format_seconds
 
 SAY = {
     "en": {
-        "drafted": "Here is a first draft: {title}, {total}, {scenes} scenes.",
+        "drafted": "Here is a first draft: {title}, {total}, {scenes} scene{plural}.",
         "edited": "Done.",
         "unchanged": "Nothing changed; this is still version {version}.",
         "no_llm_draft": ("Drafted from a subject template: the language model is not "
@@ -193,7 +193,8 @@ def _retimed(board: Storyboard, seconds: int) -> Storyboard | None:
 
 def _drafted(board: Storyboard) -> str:
     return _say(board.language, "drafted", title=board.title,
-                total=format_seconds(board.total_seconds), scenes=len(board.scenes))
+                total=format_seconds(board.total_seconds), scenes=len(board.scenes),
+                plural="" if len(board.scenes) == 1 else "s")
 
 
 def _say(language: str, key: str, **values: object) -> str:

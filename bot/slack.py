@@ -1,0 +1,499 @@
+"""The Slack face: slack-bolt in Socket Mode (no public URL: the usual school) or over HTTP.
+
+Slack wants an answer within 3 seconds and retries otherwise, so every listener acknowledges
+first and does its work afterwards, in a thread (the conversation code is synchronous and the
+language model may take many seconds). Slack may deliver one event several times: the event
+id is remembered in Redis and a repeat is dropped, so one message makes one reply and at most
+one job. A conversation is a thread: a mention starts one, replies continue it, colleagues
+can join. Teacher text is escaped before it goes into Block Kit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.core import ACTIONS, Author, Card, Out, Place, Route
+from bot.messages import say
+from bot.relay import Delivery
+from bot.runtime import Runtime, relay_for
+from engine.errors import SettingsError
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+ACTION_PREFIX = "lr_"
+EDIT_VIEW = "lr_edit_scene"
+SECTION_LIMIT = 2900  # Block Kit allows 3000 characters in a section's text
+_MENTION = re.compile(r"<@[A-Z0-9]+>")
+_MARKUP = re.compile(r"<([^<>\s][^<>]*)>")
+_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
+
+
+def slack_settings(environ=None, *, http: bool = False) -> dict[str, str]:
+    """The tokens from the environment; one sentence on what is missing for this mode."""
+    environ = os.environ if environ is None else environ
+    token = environ.get("SLACK_BOT_TOKEN", "")
+    if not token:
+        raise SettingsError("SLACK_BOT_TOKEN is not set: create the Slack app from "
+                            "config/slack-manifest.yaml, install it, and set its Bot User "
+                            "OAuth Token (xoxb-…).")
+    if http and not environ.get("SLACK_SIGNING_SECRET"):
+        raise SettingsError("SLACK_SIGNING_SECRET is not set: HTTP mode verifies every "
+                            "request's signature (the app's Basic Information page has it).")
+    if not http and not environ.get("SLACK_APP_TOKEN"):
+        raise SettingsError("SLACK_APP_TOKEN is not set: Socket Mode needs an app-level token "
+                            "(xapp-…) with connections:write; or run with --http --port PORT.")
+    return {"token": token, "signing_secret": environ.get("SLACK_SIGNING_SECRET", ""),
+            "app_token": environ.get("SLACK_APP_TOKEN", ""),
+            "api_url": environ.get("LESSONREEL_SLACK_API_URL", "")}
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn treats &, < and > as markup: a teacher's text must not become a link
+    or a mention."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def readable(text: str) -> str:
+    """What the teacher sees in Slack, as plain text for the storyboard (and the video).
+
+    Slack sends message text as markup: mentions and links in angle brackets, and the
+    characters &, < and > the person typed escaped. Left as it is, "<@U123>" would end up in a
+    caption, and "cats & dogs" would come back as "cats &amp;amp; dogs" once escaped again.
+    Mentions become "@U123", "@channel" (names would need the users:read scope), channels
+    "#name", links their label or address."""
+
+    def plain(match: re.Match) -> str:
+        target, _, label = match.group(1).partition("|")
+        if target.startswith("@"):  # a person: <@U123> or <@U123|name>
+            return "@" + (label.lstrip("@") or target[1:])
+        if target.startswith("#"):  # a channel: <#C123|general>
+            return "#" + (label or target[1:])
+        if target.startswith("!"):  # <!channel>, <!here>, <!subteam^S1|@staff>, <!date…|…>
+            special = target[1:].split("^", 1)[0]
+            if special in ("subteam", "date"):
+                return label or "@" + special
+            return "@" + special
+        return label or target  # a link: <https://…|label> or <https://…>
+
+    text = _MARKUP.sub(plain, text)
+    for entity, character in _ENTITIES:
+        text = text.replace(entity, character)
+    return text
+
+
+def clip(text: str, limit: int) -> str:
+    """Cut escaped text to `limit` characters without leaving half an entity at the end."""
+    if len(text) <= limit:
+        return text
+    text = text[:limit]
+    cut = text.rfind("&", limit - 5)  # the longest entity, &amp;, has 5 characters
+    return text[:cut] if cut != -1 and ";" not in text[cut:] else text
+
+
+def card_blocks(card: Card, intro: str = "") -> list[dict]:
+    blocks: list[dict] = []
+    if intro:
+        blocks.append(_section(escape(intro)))
+    blocks.append(_section(f"*{escape(card.heading)}*"))
+    for scene in card.scenes:
+        line = say(card.language, "card_scene", number=scene.number, seconds=scene.seconds,
+                   visual=escape(scene.visual))
+        if scene.narration:
+            line += "\n" + say(card.language, "card_narration",
+                               narration=f"_{escape(scene.narration)}_")
+        if scene.image:
+            line += "\n" + say(card.language, "card_image", image=escape(scene.image))
+        blocks.append(_section(line))
+    blocks.append({"type": "actions", "block_id": "lr_card", "elements": [
+        {"type": "button", "action_id": ACTION_PREFIX + button.action, "value": button.token,
+         "text": {"type": "plain_text", "text": button.label},
+         **({"style": "primary"} if button.action == "render" else {})}
+        for button in card.buttons]})
+    return blocks
+
+
+def card_text(card: Card, intro: str = "") -> str:
+    """The plain-text fallback (notifications, screen readers). Slack reads markup here too:
+    it is escaped like the blocks, or a teacher's <!channel> would notify the channel."""
+    return clip(escape("\n".join(filter(None, (intro, *card.lines())))), 3000)
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SECTION_LIMIT)}}
+
+
+def edit_view(card: Card, token: str) -> dict:
+    """A modal to rewrite one scene: which scene, what we see, what is said, how long."""
+    lang = card.language
+    options = [{"text": {"type": "plain_text", "text": f"{s.number}. {s.visual}"[:75]},
+                "value": str(s.number)} for s in card.scenes]
+
+    def text_input(block_id: str, label: str, multiline: bool, max_length: int) -> dict:
+        return {"type": "input", "block_id": block_id, "optional": True,
+                "label": {"type": "plain_text", "text": label},
+                "element": {"type": "plain_text_input", "action_id": "value",
+                            "multiline": multiline, "max_length": max_length}}
+
+    return {
+        "type": "modal", "callback_id": EDIT_VIEW, "private_metadata": token,
+        "title": {"type": "plain_text", "text": say(lang, "button_edit")[:24]},
+        "submit": {"type": "plain_text", "text": "OK"},
+        "blocks": [
+            {"type": "input", "block_id": "scene",
+             "label": {"type": "plain_text", "text": say(lang, "edit_scene_title", scene="")},
+             "element": {"type": "static_select", "action_id": "value", "options": options,
+                         "initial_option": options[0]}},
+            text_input("visual", say(lang, "edit_visual"), True, 400),
+            text_input("narration", say(lang, "edit_narration"), True, 400),
+            text_input("seconds", say(lang, "edit_seconds"), False, 3),
+        ],
+    }
+
+
+class SlackBot:
+    def __init__(self, runtime: Runtime, *, token: str, signing_secret: str = "",
+                 api_url: str = "") -> None:
+        self.runtime = runtime
+        self.service = runtime.service
+        kwargs = {"base_url": api_url} if api_url else {}
+        self.client = AsyncWebClient(token=token, **kwargs)
+        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
+        self.app = AsyncApp(client=self.client, signing_secret=signing_secret or None,
+                            request_verification_enabled=bool(signing_secret),
+                            process_before_response=False,
+                            ignoring_self_events_enabled=True)
+        self.upload_limit = runtime.settings.bot.slack_upload_mb * 1024 * 1024
+        self.relay = relay_for(runtime, PLATFORM, self)
+        self._tasks: set[asyncio.Task] = set()
+        self._register()
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+        app.event("app_mention")(self._on_mention)
+        app.event("message")(self._on_message)
+        app.action(re.compile(f"^{ACTION_PREFIX}({'|'.join(ACTIONS)})$"))(self._on_button)
+        app.view(EDIT_VIEW)(self._on_edit_submitted)
+        app.command(re.compile(r"^/lessonreel"))(self._on_command)
+        app.error(self._on_error)
+
+    async def _on_mention(self, body: dict, event: dict, context: dict) -> None:
+        if not await self._first_time(body):
+            return
+        # Only the bot's own mention goes: "<@UBOT> ask <@U123> about it" keeps the colleague.
+        text = event.get("text", "")
+        mine = self._mention_of(context)
+        text = text.replace(mine, "") if mine else _MENTION.sub("", text)
+        await self._converse(event, readable(text))
+
+    async def _on_message(self, body: dict, event: dict, context: dict) -> None:
+        if event.get("bot_id") or event.get("subtype") not in (None, "file_share",
+                                                                "thread_broadcast"):
+            return  # our own posts, edits, joins…
+        text = event.get("text", "")
+        direct = event.get("channel_type") == "im"
+        if not direct:
+            # In a channel, only thread replies in our threads; a message that mentions the
+            # bot arrives as app_mention too, and is answered there. A colleague's mention
+            # ("<@U123> what do you think? make scene 2 shorter") is still an edit.
+            mine = self._mention_of(context)
+            if (mine in text if mine else _MENTION.search(text)) or not event.get("thread_ts"):
+                return
+            place = self._place(event)
+            if await asyncio.to_thread(self.service.history.count,
+                                       self.service.conversation(place)) == 0:
+                return
+        if not await self._first_time(body):
+            return
+        if event.get("files"):
+            await self._files(event)
+            return
+        await self._converse(event, readable(text))
+
+    async def _on_button(self, ack, body: dict, action: dict) -> None:
+        await ack()
+        author = _author(body.get("user", {}))
+        token = action.get("value", "")
+        ref = await asyncio.to_thread(self.service.action_ref, token)
+        if ref is not None and ref.action == "edit":
+            card = await asyncio.to_thread(self.service.card, ref.place)
+            if card is not None and card.card is not None and body.get("trigger_id"):
+                try:
+                    await self.client.views_open(trigger_id=body["trigger_id"],
+                                                 view=edit_view(card.card, token))
+                    return
+                except SlackApiError as exc:  # e.g. expired_trigger_id after a slow moment
+                    log.warning("edit form not opened: %s", exc.response.get("error"))
+                    # … then the thread says how to edit by text instead
+        place, outs = await asyncio.to_thread(self.service.action, token, author)
+        if place is None:
+            channel = body.get("channel", {}).get("id", "")
+            message = body.get("message", {})
+            place = Place(PLATFORM, channel, message.get("thread_ts") or message.get("ts", ""))
+        await self._post(place, outs)
+
+    async def _on_edit_submitted(self, ack, body: dict, view: dict) -> None:
+        await ack()
+        ref = await asyncio.to_thread(self.service.action_ref, view.get("private_metadata", ""))
+        if ref is None:
+            return
+        values = view.get("state", {}).get("values", {})
+
+        def field(name: str) -> str:
+            value = values.get(name, {}).get("value", {})
+            if "selected_option" in value:
+                return (value.get("selected_option") or {}).get("value", "")
+            return value.get("value") or ""
+
+        outs = await asyncio.to_thread(self._edit_from_form, ref, field)
+        await self._post(ref.place, outs)
+
+    def _edit_from_form(self, ref, field) -> list[Out]:
+        latest = self.service.history.latest(ref.conversation)
+        scene_field = field("scene")
+        number = int(scene_field) if scene_field.isdigit() else 1
+        if latest is None or not 1 <= number <= len(latest.storyboard.scenes):
+            return self.service.message(ref.place, Author(""), "show")
+        scene = latest.storyboard.scenes[number - 1]
+        seconds = field("seconds").strip()
+        return self.service.edit_scene(
+            ref.conversation, latest.number, number,
+            visual=field("visual").strip() or scene.visual,
+            narration=field("narration").strip() or scene.narration,
+            seconds=int(seconds) if seconds.isdigit() else None)
+
+    async def _on_command(self, ack, body: dict) -> None:
+        await ack()
+        channel, user = body.get("channel_id", ""), body.get("user_id", "")
+        text = readable(body.get("text") or "").strip()
+        name = text.partition(" ")[0]
+        author = Author(user, body.get("user_name", ""))
+        last = f"lessonreel:slack:last:{channel}:{user}"
+        remembered = await asyncio.to_thread(self.runtime.connection.get, last)
+        if name.lower() in ("new", "新建") or not remembered:
+            # A slash command has no thread: start one with a message in the channel.
+            posted = await self.client.chat_postMessage(
+                channel=channel, text=f"<@{user}> /lessonreel {escape(text)}"[:3000])
+            place = Place(PLATFORM, channel, posted["ts"])
+            await asyncio.to_thread(self.runtime.connection.set, last, place.thread,
+                                    ex=30 * 86_400)
+        else:
+            place = Place(PLATFORM, channel, remembered.decode())
+        words = f"/{text}" if text else "/help"
+        outs = await asyncio.to_thread(self.service.message, place, author, words)
+        await self._post(place, outs)
+
+    async def _on_error(self, error: Exception, body: dict) -> None:
+        log.error("Slack listener failed: %s", error.__class__.__name__, exc_info=error)
+
+    # -- doing the work ----------------------------------------------------------------------
+
+    async def _converse(self, event: dict, text: str) -> None:
+        place = self._place(event)
+        author = Author(event.get("user", ""))
+        await self._remember_thread(place, author)
+        outs = await asyncio.to_thread(self.service.message, place, author, text)
+        await self._post(place, outs)
+
+    async def _files(self, event: dict) -> None:
+        place = self._place(event)
+        author = Author(event.get("user", ""))
+        for item in event.get("files", [])[:4]:
+            name = item.get("name") or "file"
+            url = item.get("url_private_download") or item.get("url_private")
+            if not str(item.get("mimetype", "")).startswith("image/") or not url:
+                outs = await asyncio.to_thread(self.service.unsupported_file, place, name)
+            elif int(item.get("size") or 0) > self.runtime.settings.bot.max_image_mb * 2**20:
+                outs = await asyncio.to_thread(self.service.image_too_large, place,
+                                               int(item["size"]))
+            else:
+                data = await self._download(url)
+                outs = await asyncio.to_thread(self.service.image, place, author, data,
+                                               caption=readable(event.get("text", "")))
+            await self._post(place, outs)
+
+    async def _download(self, url: str) -> bytes:
+        import aiohttp
+
+        limit = self.runtime.settings.bot.max_image_mb * 2**20 + 1
+        headers = {"Authorization": f"Bearer {self.client.token}"}
+        data = bytearray()
+        async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+            r.raise_for_status()
+            # read(n) returns whatever has arrived, up to n: a large image comes in chunks.
+            async for chunk in r.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) >= limit:  # too large: the service says so, without the rest
+                    break
+        return bytes(data[:limit])
+
+    async def _post(self, place: Place, outs: Sequence[Out]) -> None:
+        for out in outs:
+            thread = place.thread or None
+            if out.card is not None:
+                reply = await self.client.chat_postMessage(
+                    channel=place.chat, thread_ts=thread, text=card_text(out.card, out.text),
+                    blocks=card_blocks(out.card, out.text))
+            else:
+                reply = await self.client.chat_postMessage(
+                    channel=place.chat, thread_ts=thread, text=clip(escape(out.text), 3000))
+            if out.follows_job:
+                await asyncio.to_thread(self.service.routes.claim_status, out.follows_job,
+                                        reply["ts"])
+
+    async def _first_time(self, body: dict) -> bool:
+        event_id = body.get("event_id") or ""
+        if not event_id:
+            return True
+        return await asyncio.to_thread(self.service.first_time, PLATFORM, event_id)
+
+    async def _remember_thread(self, place: Place, author: Author) -> None:
+        """So that a later slash command from this teacher talks about this thread."""
+        if author.id and place.thread:
+            await asyncio.to_thread(self.runtime.connection.set,
+                                    f"lessonreel:slack:last:{place.chat}:{author.id}",
+                                    place.thread, ex=30 * 86_400)
+
+    @staticmethod
+    def _mention_of(context: dict) -> str:
+        """"<@UBOT>", the markup of a mention of this bot ("" before Bolt knows its id)."""
+        user = context.get("bot_user_id") if context else None
+        return f"<@{user}>" if user else ""
+
+    @staticmethod
+    def _place(event: dict) -> Place:
+        channel = event.get("channel", "")
+        if event.get("channel_type") == "im" and not event.get("thread_ts"):
+            return Place(PLATFORM, channel, "")  # a direct message: the DM is the thread
+        return Place(PLATFORM, channel, event.get("thread_ts") or event.get("ts", ""))
+
+    # -- the relay's Notifier ----------------------------------------------------------------
+
+    async def post_status(self, route: Route, text: str) -> str:
+        reply = await self.client.chat_postMessage(
+            channel=route.place.chat, thread_ts=route.place.thread or None, text=escape(text))
+        return reply["ts"]
+
+    async def edit_status(self, route: Route, ref: str, text: str) -> None:
+        try:
+            await self.client.chat_update(channel=route.place.chat, ts=ref, text=escape(text))
+        except SlackApiError as exc:
+            # Deleted by someone, too old to edit, still rate-limited after the retries: one
+            # status line is lost, and the result must still be posted after it.
+            log.warning("status of job %s not edited: %s", route.job_id,
+                        exc.response.get("error"))
+
+    async def deliver(self, route: Route, delivery: Delivery) -> None:
+        thread = route.place.thread or None
+        video = delivery.video
+        text = delivery.text
+        if video is not None and video.stat().st_size <= self.upload_limit:
+            try:
+                await self.client.files_upload_v2(
+                    channel=route.place.chat, thread_ts=thread, file=str(video),
+                    filename=f"{route.job_id}-preview.mp4", title=route.title,
+                    initial_comment=escape(delivery.text))
+                return
+            except SlackClientError as exc:  # no files:write, uploads disabled, a failure:
+                log.warning("preview of job %s not uploaded: %s", route.job_id, exc)
+                # the link, which the text always has, still goes out
+        elif video is not None:
+            text += "\n" + say(route.language, "too_big_to_upload")
+        await self.client.chat_postMessage(channel=route.place.chat, thread_ts=thread,
+                                           text=escape(text))
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def start_relay(self) -> asyncio.Event:
+        stop = asyncio.Event()
+        await asyncio.to_thread(self.relay.ensure_group)
+        task = asyncio.create_task(self.relay.run(stop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return stop
+
+    async def stop_relay(self, stop: asyncio.Event) -> None:
+        """Stop the relay and wait for it to finish the event in hand."""
+        stop.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=10)
+
+
+def use_bot_executor() -> None:
+    """More threads than asyncio's default: each waiting conversation holds one."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=64, thread_name_prefix="turn"))
+
+
+def http_app(bot: SlackBot):
+    """Starlette app: POST /slack/events (signature checked by Bolt) plus the share links."""
+    from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+    from starlette.routing import Route as WebRoute
+
+    from bot.web import share_app
+
+    handler = AsyncSlackRequestHandler(bot.app)
+
+    async def events(request):
+        return await handler.handle(request)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        # Starlette 1.x has no on_startup/on_shutdown hooks any more: a lifespan it is.
+        use_bot_executor()
+        stop = await bot.start_relay()
+        try:
+            yield
+        finally:
+            await bot.stop_relay(stop)
+
+    app = share_app(bot.runtime.settings, bot.runtime.secret,
+                    [WebRoute("/slack/events", events, methods=["POST"])])
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def run_slack(runtime: Runtime, config: dict[str, str], *, http: bool, host: str,
+              port: int) -> int:
+    bot = SlackBot(runtime, token=config["token"], signing_secret=config["signing_secret"],
+                   api_url=config["api_url"])
+    if http:
+        import uvicorn
+
+        uvicorn.run(http_app(bot), host=host, port=port, log_level="warning")
+        return 0
+    asyncio.run(socket_mode(bot, config["app_token"]))
+    return 0
+
+
+async def socket_mode(bot: SlackBot, app_token: str, *,
+                      web_client: AsyncWebClient | None = None) -> None:
+    """Hold a Socket Mode connection (and the relay) until cancelled. `web_client` is the
+    client that opens the connection; by default the bot's own (LESSONREEL_SLACK_API_URL)."""
+    from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+    use_bot_executor()
+    stop = await bot.start_relay()
+    handler = AsyncSocketModeHandler(bot.app, app_token, web_client=web_client)
+    try:
+        await handler.start_async()
+    finally:
+        await handler.close_async()
+        await bot.stop_relay(stop)
+
+
+def _author(user: dict) -> Author:
+    return Author(user.get("id", ""), user.get("name") or user.get("username") or "")
