@@ -58,6 +58,8 @@ SAY: dict[str, dict[str, str]] = {
         "unsupported_file": ("I can only use images (JPEG, PNG or WebP) in a scene; “{name}” "
                              "is not one. Write your changes as text."),
         "unknown_command": "I don't know “{name}”. Commands: {commands}.",
+        "no_access": ("I can't post in this channel. Invite me with “/invite @lessonreel”, or "
+                      "write to me directly."),
         "internal": ("Sorry, something went wrong on my side; nothing was lost. Please try "
                      "again, and tell your IT contact if it keeps happening."),
         "card_title": "{title} · {audience} · {total} · {aspect} · version {version}",
@@ -121,6 +123,7 @@ SAY: dict[str, dict[str, str]] = {
         "unsupported_file": ("场景里只能使用图片（JPEG、PNG 或 WebP），“{name}”不是图片。"
                              "修改请用文字说明。"),
         "unknown_command": "不认识“{name}”。命令：{commands}。",
+        "no_access": "我无法在这个频道发言。请用“/invite @lessonreel”邀请我，或直接私信我。",
         "internal": ("抱歉，我这边出了问题，没有丢失任何内容。请再试一次；如果一直这样，"
                      "请联系学校的 IT 人员。"),
         "card_title": "{title} · {audience} · {total} · {aspect} · 第 {version} 版",

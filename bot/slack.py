@@ -28,12 +28,16 @@ from bot.messages import say
 from bot.relay import Delivery
 from bot.runtime import Runtime, relay_for
 from engine.errors import SettingsError
+from engine.request import detect_language
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "slack"
 ACTION_PREFIX = "lr_"
 EDIT_VIEW = "lr_edit_scene"
+# Web API errors that mean "the bot may not post here", not "something broke".
+NO_ACCESS = frozenset({"not_in_channel", "channel_not_found", "is_archived",
+                       "restricted_action", "missing_scope", "cannot_dm_bot"})
 SECTION_LIMIT = 2900  # Block Kit allows 3000 characters in a section's text
 _MENTION = re.compile(r"<@[A-Z0-9]+>")
 _MARKUP = re.compile(r"<([^<>\s][^<>]*)>")
@@ -275,8 +279,19 @@ class SlackBot:
             narration=field("narration").strip() or scene.narration,
             seconds=int(seconds) if seconds.isdigit() else None)
 
-    async def _on_command(self, ack, body: dict) -> None:
+    async def _on_command(self, ack, body: dict, respond) -> None:
         await ack()
+        try:
+            await self._command(body)
+        except SlackApiError as exc:
+            if exc.response.get("error") not in NO_ACCESS:
+                raise
+            # Not a member of this channel (or not allowed to post): the slash command's
+            # response URL still reaches the teacher, privately.
+            lang = "zh" if detect_language(body.get("text") or "") == "zh" else "en"
+            await respond(text=say(lang, "no_access"), response_type="ephemeral")
+
+    async def _command(self, body: dict) -> None:
         channel, user = body.get("channel_id", ""), body.get("user_id", "")
         text = readable(body.get("text") or "").strip()
         name = text.partition(" ")[0]

@@ -415,6 +415,19 @@ def test_slash_command_help_and_new(slack_bot):
     bot.wait_for_text(started["ts"], "The render queue is empty.", channel="C5")
 
 
+def test_a_slash_command_where_the_bot_may_not_post_is_answered_privately(slack_bot):
+    bot, slack = slack_bot, slack_bot.slack
+    slack.fail_next("chat.postMessage", error="not_in_channel", status=200)
+    form = slash_command_form("/lessonreel", "new Explain magnets in 20 seconds",
+                              channel_id="C9", response_url=slack.new_response_url())
+    assert signed_post(bot.url, form, SECRET, content_type=FORM).status == 200
+    answer = slack.wait_for(lambda s: next(iter(s.calls_to("response_url")), None),
+                            message="the private answer")
+    assert answer.args["response_type"] == "ephemeral"
+    assert "/invite @lessonreel" in answer.args["text"]
+    assert slack.messages_in("C9") == []
+
+
 @pytest.fixture
 def file_host() -> Iterator[tuple[str, list[str]]]:
     """Where Slack keeps uploaded files (url_private_download): serves one PNG, and records
