@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 
 from rich.console import Console
 
-from bot.core import Author, Out, Place, Route
+from bot.core import Author, ChatService, Out, Place, Route
 from bot.relay import Delivery
 from bot.runtime import RelayThread, Runtime, build_runtime, relay_for
 from bot.terminal import storyboard_table
+from engine.jobs import render_queue
 
 FINAL_GRACE_SECONDS = 10
 
@@ -59,6 +60,12 @@ class ConsoleChat:
         self.runtime = runtime
         self.console = console
         self.place = Place("console", user, secrets.token_hex(4))
+        self.service = ChatService(runtime.connection, runtime.settings,
+                                   share_secret=runtime.secret, llm=runtime.service.llm)
+        if render_here:
+            # A queue of its own: pointed at a school's Redis, a terminal must not take
+            # (and render on its CPU) the jobs of Slack and Telegram teachers.
+            self.service.queue_name = f"{runtime.settings.queue.name}-chat-{self.place.thread}"
         self.author = Author(user)
         self.notifier = ConsoleNotifier(self._print)
         # A group of its own: two terminals chatting at once each see their own renders.
@@ -80,9 +87,12 @@ class ConsoleChat:
             # Rendered here: its last news is on the stream, a moment from being shown.
             self.notifier.wait_for(self.followed, FINAL_GRACE_SECONDS)
         self.relay.stop(remove_group=True)
+        if self.service.queue_name:
+            render_queue(self.runtime.connection, self.runtime.settings,
+                         self.service.queue_name).delete(delete_jobs=True)
 
     def send(self, line: str) -> list[Out]:
-        outs = self.runtime.service.message(self.place, self.author, line)
+        outs = self.service.message(self.place, self.author, line)
         for out in outs:
             if out.card is not None:
                 self.console.print(storyboard_table(out.card.storyboard))
@@ -92,6 +102,8 @@ class ConsoleChat:
                 self._print(out.text)
             if out.follows_job:
                 self.followed.add(out.follows_job)
+                # The line just printed is this job's status; later news prints below it.
+                self.service.routes.claim_status(out.follows_job, "console")
                 if self.render_here:
                     self._render_in_background()
         return outs
@@ -108,9 +120,12 @@ class ConsoleChat:
         if self._worker is not None:
             self._worker.join()  # one job at a time, like a single-GPU worker
 
+        queue = render_queue(self.runtime.connection, self.runtime.settings,
+                             self.service.queue_name)
+
         def work() -> None:
             run_worker(self.runtime.settings, self.runtime.connection, burst=True,
-                       logging_level="CRITICAL", foreground=True)
+                       logging_level="CRITICAL", queue=queue, foreground=True)
 
         self._worker = threading.Thread(target=work, daemon=True, name="console-worker")
         self._worker.start()

@@ -182,6 +182,7 @@ class ChatService:
         self.dialogue = Dialogue(connection, settings, llm)  # type: ignore[arg-type]
         self.history = StoryboardHistory(connection)
         self.routes = RouteStore(connection)
+        self.queue_name: str | None = None  # None: the shared render queue
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
@@ -249,6 +250,11 @@ class ChatService:
     def card(self, place: Place) -> Out | None:
         latest = self.history.latest(self.conversation(place))
         return self._card_out(place, latest) if latest else None
+
+    def has_storyboard(self, place: Place) -> bool:
+        """Whether this thread has a storyboard (read-only: for chatter the bot may ignore)."""
+        generation = int(self.redis.get(f"{PREFIX}thread:{place.key}") or 0)
+        return self.history.count(f"{place.key}#{generation}") > 0
 
     def conversation(self, place: Place) -> str:
         generation = int(self.redis.get(f"{PREFIX}thread:{place.key}") or 0)
@@ -335,7 +341,7 @@ class ChatService:
             active = self._active_job(conversation)
             if active is not None:
                 return [Out(say(lang, "busy_rendering", version=active.version), language=lang)]
-            queue = render_queue(self.redis, self.settings)
+            queue = render_queue(self.redis, self.settings, self.queue_name)
             if queue.count >= self.settings.bot.max_queued_jobs:
                 return [Out(say(lang, "queue_full", queued=queue.count), language=lang)]
             job_id = new_job_id()
@@ -347,8 +353,13 @@ class ChatService:
             spec = RenderSpec(job_id=job_id, conversation=conversation, version=version.number,
                               storyboard=board, output=job_id, animatic=preview)
             enqueue_render(self.redis, self.settings, spec, queue=queue)
+            # Kept while the job may still wait or run (a full queue of longest jobs); a
+            # job that ended unseen frees the thread anyway (_active_job checks RQ).
+            queue_settings = self.settings.queue
             self.redis.set(f"{PREFIX}active:{conversation}", job_id,
-                           ex=self.settings.queue.job_timeout_seconds * 2)
+                           ex=queue_settings.job_timeout_seconds
+                           * (self.settings.bot.max_queued_jobs + 2)
+                           + queue_settings.result_ttl_seconds)
         ahead = max(len(queue.job_ids) - 1, 0)
         key = "queued_preview" if preview else "queued"
         text = say(lang, key, version=version.number, ahead=_ahead(lang, ahead),
@@ -424,7 +435,7 @@ class ChatService:
         return float(raw) if raw else DEFAULT_JOB_SECONDS
 
     def _queue_status(self, conversation: str, lang: str) -> Out:
-        queue = render_queue(self.redis, self.settings)
+        queue = render_queue(self.redis, self.settings, self.queue_name)
         running = len(queue.started_job_registry.get_job_ids())
         route = self._active_job(conversation)
         lines = []

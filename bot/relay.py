@@ -30,10 +30,21 @@ from engine.share import media_file, share_url
 log = logging.getLogger(__name__)
 
 DELIVERED_TTL_SECONDS = 30 * 86_400
-MAX_ATTEMPTS = 5  # a final message that fails this often is logged and given up
+# A final message that cannot be posted (the platform is down) is tried again after 1 s,
+# 2 s, 4 s… at most every 5 minutes, for a day; other jobs' news goes on meanwhile.
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 300.0
+GIVE_UP_SECONDS = 86_400.0
 STATS_WEIGHT = 0.3
 # How long after "render" the adapter has to post and record the job's status message.
 STATUS_GRACE_SECONDS = 10.0  # of the newest job in the running average of job seconds
+
+
+@dataclass
+class _Retry:
+    first_failed: float
+    attempts: int = 0
+    next_try: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,12 +105,12 @@ class EventRelay:
         self.routes = RouteStore(connection)
         self.only = only  # a further filter on which jobs are this reader's
         self._last_edit: dict[str, float] = {}
-        self._attempts: dict[str, int] = {}
+        self._retries: dict[str, _Retry] = {}  # pending entries whose final message failed
 
-    def ensure_group(self) -> None:
+    def ensure_group(self, *, start: str = "$") -> None:
         """Create the consumer group once, reading only events from now on."""
         try:
-            self.redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+            self.redis.xgroup_create(self.stream, self.group, id=start, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -109,14 +120,25 @@ class EventRelay:
         self.redis.xgroup_destroy(self.stream, self.group)
 
     async def run(self, stop: asyncio.Event, *, block_ms: int = 1000) -> None:
-        self.ensure_group()
+        await asyncio.to_thread(self.ensure_group)
         backlog = True  # first what this consumer read before a restart and did not finish
         while not stop.is_set():
             try:
-                handled = await self.pump(block_ms=block_ms, backlog=backlog)
-                backlog = handled > 0 if backlog else False
+                if backlog or self._retry_due():
+                    backlog = await self.pump(backlog=True) > 0 and backlog
+                    continue
+                await self.pump(block_ms=block_ms)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the group (restarted without its data, flushed): make it again
+                # and read what the stream still holds; delivered markers stop repeats.
+                log.warning("the event stream's consumer group is gone; recreating it")
+                await asyncio.to_thread(self.ensure_group, start="0")
+                backlog = True
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("event stream unreachable (%s); retrying", exc)
+                backlog = True
                 await _sleep_or_stop(stop, 1.0)
             except Exception:
                 log.exception("relaying render events failed; retrying")
@@ -124,36 +146,66 @@ class EventRelay:
                 await _sleep_or_stop(stop, 1.0)
 
     async def pump(self, *, block_ms: int = 0, backlog: bool = False) -> int:
-        """Act on one batch of events; return how many were read."""
+        """Act on one batch of events; return how many were acted on.
+
+        With `backlog`, the batch is this consumer's pending entries: read before a restart,
+        or a final message that could not be posted yet and waits for its next try. A final
+        message is retried with growing pauses for a day, while other jobs' news goes on."""
         start = "0" if backlog else ">"
         reply = await asyncio.to_thread(
-            self.redis.xreadgroup, self.group, self.consumer, {self.stream: start}, count=50,
+            self.redis.xreadgroup, self.group, self.consumer, {self.stream: start}, count=100,
             block=None if backlog or not block_ms else block_ms)
         entries = [entry for _stream, batch in reply or [] for entry in batch]
+        if backlog and len(entries) < 100:  # the whole pending list: forget what left it
+            pending = {(e.decode() if isinstance(e, bytes) else str(e)) for e, _ in entries}
+            for gone in set(self._retries) - pending:
+                del self._retries[gone]
+        acted = 0
+        now = time.monotonic()
         for entry_id, fields in entries:
             entry = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            if not fields:  # deleted by trimming while pending
-                await asyncio.to_thread(self.redis.xack, self.stream, self.group, entry)
-                continue
-            raw = fields.get(b"event") or fields.get("event")
+            retry = self._retries.get(entry)
+            if retry is not None and retry.next_try > now:
+                continue  # not due yet: stays pending
+            acted += 1
+            raw = (fields or {}).get(b"event") or (fields or {}).get("event")
             try:
-                event = RenderEvent.model_validate_json(raw)
+                event = RenderEvent.model_validate_json(raw) if raw else None
             except ValueError:
-                log.warning("unreadable event %s skipped", entry)
-                await asyncio.to_thread(self.redis.xack, self.stream, self.group, entry)
-                continue
-            try:
-                await self.handle(event)
-            except Exception:
-                attempts = self._attempts.get(entry, 0) + 1
-                self._attempts[entry] = attempts
-                if attempts < MAX_ATTEMPTS and event.is_final:
-                    raise  # left pending: the next pass of the backlog tries again
-                log.exception("event %s for job %s could not be relayed; dropped", entry,
-                              event.job_id)
+                event = None
+            if event is None:  # trimmed while pending, or unreadable
+                log.warning("event %s could not be read; skipped", entry)
+            else:
+                try:
+                    await self.handle(event)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    raise  # not the event's fault: the whole batch is read again
+                except Exception:
+                    if event.is_final and self._retry_later(entry):
+                        log.warning("the final message of job %s could not be posted; will "
+                                    "try again", event.job_id, exc_info=True)
+                        continue
+                    log.exception("event %s for job %s could not be relayed; dropped",
+                                  entry, event.job_id)
             await asyncio.to_thread(self.redis.xack, self.stream, self.group, entry)
-            self._attempts.pop(entry, None)
-        return len(entries)
+            self._retries.pop(entry, None)
+        return acted
+
+    def _retry_later(self, entry: str) -> bool:
+        """Schedule another try of a pending entry; False once it has failed for too long."""
+        now = time.monotonic()
+        retry = self._retries.get(entry) or _Retry(first_failed=now)
+        if now - retry.first_failed > GIVE_UP_SECONDS:
+            return False
+        retry.attempts += 1
+        retry.next_try = now + min(RETRY_BASE_SECONDS * 2 ** (retry.attempts - 1),
+                                   RETRY_MAX_SECONDS)
+        self._retries[entry] = retry
+        return True
+
+    def _retry_due(self) -> bool:
+        now = time.monotonic()
+        return any(retry.next_try <= now for retry in self._retries.values())
 
     async def handle(self, event: RenderEvent) -> None:
         route = await asyncio.to_thread(self.routes.get, event.job_id)
@@ -200,7 +252,10 @@ class EventRelay:
     async def _final(self, route: Route, event: RenderEvent) -> None:
         delivered = f"{PREFIX}delivered:{route.job_id}"
         if await asyncio.to_thread(self.redis.exists, delivered):
-            return  # a repeat (a restart between posting and acknowledging)
+            # A repeat (a restart between posting and acknowledging): nothing to post, but
+            # the bookkeeping after it may not have happened.
+            await asyncio.to_thread(self._after_final, route, event)
+            return
         shown = False
         try:
             shown = await self._show_status(route, status_text(route, event), final=True)
@@ -231,7 +286,8 @@ class EventRelay:
         active = f"{PREFIX}active:{route.conversation}"
         if self.redis.get(active) == route.job_id.encode():
             self.redis.delete(active)
-        if event.kind != "finished":
+        if event.kind != "finished" or not self.redis.set(
+                f"{PREFIX}recorded:{route.job_id}", "1", nx=True, ex=DELIVERED_TTL_SECONDS):
             return
         self.redis.lpush(f"{PREFIX}videos:{route.place.platform}:{route.author}", json.dumps({
             "title": route.title, "total": route.total, "folder": route.job_id,

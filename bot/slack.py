@@ -18,16 +18,17 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core import ACTIONS, Author, Card, Out, Place, Route
-from bot.messages import say
+from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
 from bot.runtime import Runtime, relay_for
-from engine.errors import SettingsError
+from engine.errors import SettingsError, UserError
 from engine.request import detect_language
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,11 @@ class SlackBot:
         text = event.get("text", "")
         mine = self._mention_of(context)
         text = text.replace(mine, "") if mine else _MENTION.sub("", text)
+        if not await self._first_message(event):
+            return  # the same message also arrived as a plain message event
+        if event.get("files"):  # "@lessonreel scene 3" with a photo
+            await self._files(event)
+            return
         await self._converse(event, readable(text))
 
     async def _on_message(self, body: dict, event: dict, context: dict) -> None:
@@ -214,13 +220,17 @@ class SlackBot:
             # bot arrives as app_mention too, and is answered there. A colleague's mention
             # ("<@U123> what do you think? make scene 2 shorter") is still an edit.
             mine = self._mention_of(context)
-            if (mine in text if mine else _MENTION.search(text)) or not event.get("thread_ts"):
+            mentioned = mine in text if mine else bool(_MENTION.search(text))
+            # A file shared with a mention may come only as a message event (not app_mention).
+            if (mentioned and not event.get("files")) or (
+                    not mentioned and not event.get("thread_ts")):
                 return
-            place = self._place(event)
-            if await asyncio.to_thread(self.service.history.count,
-                                       self.service.conversation(place)) == 0:
+            if not mentioned and not await asyncio.to_thread(self.service.has_storyboard,
+                                                             self._place(event)):
                 return
-        if not await self._first_time(body):
+            if mentioned:
+                text = text.replace(mine, "") if mine else _MENTION.sub("", text)
+        if not await self._first_time(body) or not await self._first_message(event):
             return
         if event.get("files"):
             await self._files(event)
@@ -236,11 +246,15 @@ class SlackBot:
             card = await asyncio.to_thread(self.service.card, ref.place)
             if card is not None and card.card is not None and body.get("trigger_id"):
                 try:
-                    await self.client.views_open(trigger_id=body["trigger_id"],
-                                                 view=edit_view(card.card, token))
+                    # The form edits the version it shows: if a colleague changes the
+                    # storyboard meanwhile, the submit is refused politely, not misapplied.
+                    await self.client.views_open(
+                        trigger_id=body["trigger_id"],
+                        view=edit_view(card.card, f"{token}:{card.card.version}"))
                     return
-                except SlackApiError as exc:  # e.g. expired_trigger_id after a slow moment
-                    log.warning("edit form not opened: %s", exc.response.get("error"))
+                except (TimeoutError, SlackClientError, OSError) as exc:
+                    # e.g. expired_trigger_id after a slow moment
+                    log.warning("edit form not opened: %s", exc.__class__.__name__)
                     # … then the thread says how to edit by text instead
         place, outs = await asyncio.to_thread(self.service.action, token, author)
         if place is None:
@@ -251,8 +265,9 @@ class SlackBot:
 
     async def _on_edit_submitted(self, ack, body: dict, view: dict) -> None:
         await ack()
-        ref = await asyncio.to_thread(self.service.action_ref, view.get("private_metadata", ""))
-        if ref is None:
+        token, _, shown = view.get("private_metadata", "").partition(":")
+        ref = await asyncio.to_thread(self.service.action_ref, token)
+        if ref is None or not shown.isdigit():
             return
         values = view.get("state", {}).get("values", {})
 
@@ -262,19 +277,22 @@ class SlackBot:
                 return (value.get("selected_option") or {}).get("value", "")
             return value.get("value") or ""
 
-        outs = await asyncio.to_thread(self._edit_from_form, ref, field)
+        outs = await asyncio.to_thread(self._edit_from_form, ref, int(shown), field)
         await self._post(ref.place, outs)
 
-    def _edit_from_form(self, ref, field) -> list[Out]:
-        latest = self.service.history.latest(ref.conversation)
+    def _edit_from_form(self, ref, shown: int, field) -> list[Out]:
         scene_field = field("scene")
         number = int(scene_field) if scene_field.isdigit() else 1
-        if latest is None or not 1 <= number <= len(latest.storyboard.scenes):
+        try:
+            version = self.service.history.get(ref.conversation, shown)
+        except UserError:
             return self.service.message(ref.place, Author(""), "show")
-        scene = latest.storyboard.scenes[number - 1]
+        if not 1 <= number <= len(version.storyboard.scenes):
+            return self.service.message(ref.place, Author(""), "show")
+        scene = version.storyboard.scenes[number - 1]
         seconds = field("seconds").strip()
         return self.service.edit_scene(
-            ref.conversation, latest.number, number,
+            ref.conversation, shown, number,
             visual=field("visual").strip() or scene.visual,
             narration=field("narration").strip() or scene.narration,
             seconds=int(seconds) if seconds.isdigit() else None)
@@ -307,7 +325,8 @@ class SlackBot:
                                     ex=30 * 86_400)
         else:
             place = Place(PLATFORM, channel, remembered.decode())
-        words = f"/{text}" if text else "/help"
+        # "/lessonreel render" is a command; "/lessonreel Explain magnets…" a request.
+        words = f"/{text}" if not text or name.lower() in COMMAND_WORDS else text
         outs = await asyncio.to_thread(self.service.message, place, author, words)
         await self._post(place, outs)
 
@@ -335,13 +354,16 @@ class SlackBot:
                 outs = await asyncio.to_thread(self.service.image_too_large, place,
                                                int(item["size"]))
             else:
-                data = await self._download(url)
+                try:
+                    data = await self._download(url)
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    log.warning("could not fetch a file from Slack: %s", exc.__class__.__name__)
+                    data = b""  # answered as an image that could not be read
                 outs = await asyncio.to_thread(self.service.image, place, author, data,
                                                caption=readable(event.get("text", "")))
             await self._post(place, outs)
 
     async def _download(self, url: str) -> bytes:
-        import aiohttp
 
         limit = self.runtime.settings.bot.max_image_mb * 2**20 + 1
         headers = {"Authorization": f"Bearer {self.client.token}"}
@@ -374,6 +396,11 @@ class SlackBot:
         if not event_id:
             return True
         return await asyncio.to_thread(self.service.first_time, PLATFORM, event_id)
+
+    async def _first_message(self, event: dict) -> bool:
+        """A message with a mention comes as app_mention and as message: act on it once."""
+        key = f"msg:{event.get('channel', '')}:{event.get('ts', '')}"
+        return await asyncio.to_thread(self.service.first_time, PLATFORM, key)
 
     async def _remember_thread(self, place: Place, author: Author) -> None:
         """So that a later slash command from this teacher talks about this thread."""
@@ -422,8 +449,9 @@ class SlackBot:
                     filename=f"{route.job_id}-preview.mp4", title=route.title,
                     initial_comment=escape(delivery.text))
                 return
-            except SlackClientError as exc:  # no files:write, uploads disabled, a failure:
-                log.warning("preview of job %s not uploaded: %s", route.job_id, exc)
+            except Exception as exc:  # no files:write, uploads off, a slow uplink timing out:
+                log.warning("preview of job %s not uploaded: %s", route.job_id,
+                            exc.__class__.__name__)
                 # the link, which the text always has, still goes out
         elif video is not None:
             text += "\n" + say(route.language, "too_big_to_upload")

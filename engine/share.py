@@ -45,22 +45,30 @@ def share_secret(settings: Settings, environ: Mapping[str, str] | None = None) -
                                 f"long; generate one with 'openssl rand -hex 32'.")
         return value.encode()
     path = settings.data_path / SECRET_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # O_EXCL: two processes starting at once agree on one secret
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
-    return path.read_bytes().strip()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then linked into place: a second process starting
+        # at the same moment reads either no file or the complete secret, never a part.
+        partial = path.with_name(f".{SECRET_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            pass  # the other process won; use its secret
+        finally:
+            partial.unlink()
+    secret = path.read_bytes().strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        raise SettingsError(f"The share secret in {path} is damaged (too short); delete the "
+                            "file to make a new one (existing share links stop opening), or "
+                            f"set {SECRET_ENV}.")
+    return secret
 
 
 def sign(secret: bytes, folder: str, expires_at: int) -> str:
-    if not _FOLDER.match(folder):
+    if not _FOLDER.fullmatch(folder):
         raise ValueError(f"not a media folder name: {folder!r}")
     payload = f"{folder}~{expires_at}".encode()
     return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
@@ -79,7 +87,7 @@ def verify(secret: bytes, token: str, *, now: float | None = None) -> ShareLink 
     if not hmac.compare_digest(given, _mac(secret, payload)):
         return None
     folder, _, expires = payload.decode("ascii", "replace").rpartition("~")
-    if not _FOLDER.match(folder) or not expires.isdigit():
+    if not _FOLDER.fullmatch(folder) or not expires.isdigit():
         return None
     link = ShareLink(folder, int(expires))
     if link.expires_at < (time.time() if now is None else now):
@@ -110,7 +118,7 @@ def _unb64(text: str) -> bytes:
 def media_file(settings: Settings, folder: str, name: str) -> Path | None:
     """A file of a shared folder, resolved strictly inside the media root, or None."""
     root = settings.media_path.resolve()
-    if not _FOLDER.match(folder) or not _FOLDER.match(name):
+    if not _FOLDER.fullmatch(folder) or not _FOLDER.fullmatch(name):
         return None
     path = (root / folder / name).resolve()
     if not path.is_relative_to(root) or not path.is_file():

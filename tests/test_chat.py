@@ -413,3 +413,67 @@ def test_two_terminals_at_once_each_see_only_their_own_render(runtime):
     assert len(first.notifier.deliveries) == 1 and len(second.notifier.deliveries) == 1
     assert "Magnet" in outputs[0].getvalue().split("Your preview is ready")[1]
     assert "Fraction" in outputs[1].getvalue().split("Your preview is ready")[1]
+
+
+def test_a_platform_outage_delays_the_result_but_does_not_lose_it(runtime, service,
+                                                                  monkeypatch):
+    import bot.relay as relay_module
+
+    monkeypatch.setattr(relay_module, "RETRY_BASE_SECONDS", 0.05)
+
+    class Outage(RecordingNotifier):
+        failures = 6  # more than any fixed number of quick retries would cover
+
+        async def deliver(self, route, delivery):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("platform unreachable")
+            await super().deliver(route, delivery)
+
+    notifier = Outage()
+    relay_ = relay(runtime, notifier)
+    first = _queued_job(service)
+    events = EventLog(runtime.connection)
+    events.publish(RenderEvent(job_id=first, kind="failed", message="first job failed"))
+    service.message(place("other"), TEACHER, REQUEST)
+    [other] = service.message(place("other"), TEACHER, "preview")
+    events.publish(RenderEvent(job_id=other.follows_job, kind="failed", message="second"))
+
+    async def run_until_delivered() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay_.run(stop, block_ms=50))
+        for _ in range(400):
+            if len(notifier.deliveries) == 2:
+                break
+            await asyncio.sleep(0.025)
+        stop.set()
+        await task
+
+    asyncio.run(run_until_delivered())
+    assert sorted(job for job, _ in notifier.deliveries) == sorted([first, other.follows_job])
+    pending = runtime.connection.xpending(relay_.stream, relay_.group)["pending"]
+    assert pending == 0
+
+
+def test_a_relay_recreates_its_group_when_redis_lost_it(runtime, service):
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    job = _queued_job(service)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay_.run(stop, block_ms=50))
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(runtime.connection.xgroup_destroy, relay_.stream, relay_.group)
+        EventLog(runtime.connection).publish(RenderEvent(job_id=job, kind="failed",
+                                                         message="lost and found"))
+        for _ in range(200):
+            if notifier.deliveries:
+                break
+            await asyncio.sleep(0.025)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert [d.text for _, d in notifier.deliveries] == [
+        "The render of version 1 failed: lost and found"]

@@ -232,7 +232,8 @@ def test_draft_edit_by_text_edit_by_form_render_and_open_the_link(slack_bot):
     [opened] = slack.wait_for(lambda s: s.calls_to("views.open"), message="the edit form")
     view = opened.args["view"]
     assert view["callback_id"] == "lr_edit_scene"
-    assert view["private_metadata"] == second["blocks"][-1]["elements"][2]["value"]
+    # The button's token, and the version the form shows.
+    assert view["private_metadata"] == second["blocks"][-1]["elements"][2]["value"] + ":2"
     assert [b["block_id"] for b in view["blocks"]] == ["scene", "visual", "narration",
                                                        "seconds"]
     assert all(b["element"]["action_id"] == "value" for b in view["blocks"])
@@ -415,6 +416,26 @@ def test_slash_command_help_and_new(slack_bot):
     bot.wait_for_text(started["ts"], "The render queue is empty.", channel="C5")
 
 
+def test_a_form_opened_before_a_colleagues_edit_is_not_misapplied(slack_bot):
+    bot, slack = slack_bot, slack_bot.slack
+    thread = bot.mention("Explain photosynthesis to grade 7 in 30 seconds")
+    first = bot.wait_for_card(thread, 1)
+    bot.press(first, "lr_edit")
+    [opened] = slack.wait_for(lambda s: s.calls_to("views.open"), message="the edit form")
+    view = opened.args["view"]
+    bot.reply("delete scene 2", thread)  # a colleague, while the form is open
+    bot.wait_for_card(thread, 2)
+    scene_three = view["blocks"][0]["element"]["options"][2]
+    submission = view_submission_payload("lr_edit_scene", {
+        "scene": {"value": {"type": "static_select", "selected_option": scene_three}},
+        "visual": {"value": None}, "narration": {"value": "Chlorophyll is green."},
+        "seconds": {"value": None}}, private_metadata=view["private_metadata"])
+    assert signed_post(bot.url, {"payload": submission}, SECRET, content_type=FORM).status == 200
+    refused = bot.wait_for_text(thread, "Someone else changed this storyboard")
+    assert "say your change again" in refused["text"]
+    assert all("Chlorophyll" not in m["text"] for m in bot.thread(thread))
+
+
 def test_a_slash_command_where_the_bot_may_not_post_is_answered_privately(slack_bot):
     bot, slack = slack_bot, slack_bot.slack
     slack.fail_next("chat.postMessage", error="not_in_channel", status=200)
@@ -477,11 +498,23 @@ def test_a_file_in_the_thread_is_an_image_for_a_scene_or_politely_refused(slack_
     saved = bot.runtime.settings.uploads_path / scene_two.split("🖼 image: ")[1]
     assert Image.open(saved).size == (320, 240)  # the whole image arrived, in chunks
 
+    # "@lessonreel scene 3" with a photo: Slack sends it as app_mention and as message; the
+    # photo is used once, for scene 3.
+    ts = bot.slack.next_ts()
+    photo = {**png, "id": "F4"}
+    mentioned = {**mention_event("scene 3", ts=ts), "thread_ts": thread, "files": [photo]}
+    as_message = {**message_event(f"<@{BOT_USER_ID}> scene 3", ts=ts, thread_ts=thread),
+                  "subtype": "file_share", "files": [photo]}
+    assert bot.deliver(mentioned).status == 200 and bot.deliver(as_message).status == 200
+    card = bot.wait_for_card(thread, 3)
+    assert card["text"].startswith("Scene 3 will use your image.")
+    assert len(downloads) == 2  # fetched once, not once per event
+
     huge = {**png, "id": "F3", "size": 30 * 2**20}
     bot.reply("", thread, subtype="file_share", files=[huge])
     too_large = bot.wait_for_text(thread, "That image is 30.0 MB")
     assert "the limit is 10 MB" in too_large["text"]
-    assert len(downloads) == 1  # refused by the size Slack told, without fetching
+    assert len(downloads) == 2  # refused by the size Slack told, without fetching
 
 
 def test_slack_markup_in_teacher_text_is_shown_not_obeyed(slack_bot):
