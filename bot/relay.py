@@ -35,9 +35,9 @@ DELIVERED_TTL_SECONDS = 30 * 86_400
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 300.0
 GIVE_UP_SECONDS = 86_400.0
-STATS_WEIGHT = 0.3
+STATS_WEIGHT = 0.3  # of the newest job in the running average of job seconds
 # How long after "render" the adapter has to post and record the job's status message.
-STATUS_GRACE_SECONDS = 10.0  # of the newest job in the running average of job seconds
+STATUS_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -262,10 +262,11 @@ class EventRelay:
         except Exception:  # a deleted or uneditable status message must not cost the result
             log.warning("could not update the status message of job %s", route.job_id,
                         exc_info=True)
+        # Before the message: a teacher who asks for "videos" on seeing it finds it listed.
+        await asyncio.to_thread(self._after_final, route, event)
         if not (event.kind == "cancelled" and shown):  # the status already says "cancelled"
             await self.notifier.deliver(route, self._delivery(route, event))
         await asyncio.to_thread(self.redis.set, delivered, "1", ex=DELIVERED_TTL_SECONDS)
-        await asyncio.to_thread(self._after_final, route, event)
 
     def _delivery(self, route: Route, event: RenderEvent) -> Delivery:
         lang = route.language

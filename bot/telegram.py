@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
@@ -28,7 +29,7 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -54,6 +55,12 @@ TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 MAX_RETRIES = 3
 WEBHOOK_PATH = "/telegram/webhook"
+# The updates the bot acts on, in polling and webhook mode alike: new messages and button
+# presses (an edited message is not a new turn, and channel posts have no teacher).
+ALLOWED_UPDATES = ["message", "callback_query"]
+# Sending a large video: Telegram answers once it has processed the upload, which can take
+# far longer than PTB's 5 s default; a timeout there would retry and post the video twice.
+UPLOAD_TIMEOUT_SECONDS = 300.0
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 COMMAND_HELP = {
     "help": "What I can do", "new": "Start a new storyboard", "show": "Show the storyboard",
@@ -63,14 +70,25 @@ COMMAND_HELP = {
 T = TypeVar("T")
 
 
-def telegram_settings(environ=None) -> dict[str, str]:
+def telegram_settings(environ=None, *, webhook: bool = False) -> dict[str, str]:
+    """The tokens from the environment; one sentence on what is missing for this mode."""
     environ = os.environ if environ is None else environ
     token = environ.get("TELEGRAM_BOT_TOKEN", "")
     if not token:
         raise SettingsError("TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather and "
                             "set the token it gives you.")
+    secret = environ.get("LESSONREEL_TELEGRAM_WEBHOOK_SECRET", "")
+    if webhook:
+        # Telegram allows 1-256 of A-Z, a-z, 0-9, _ and -; we ask for 16 at least.
+        if not 16 <= len(secret) <= 256 or not all(c.isascii() and (c.isalnum() or c in "_-")
+                                                   for c in secret):
+            raise SettingsError("LESSONREEL_TELEGRAM_WEBHOOK_SECRET must be set to 16-256 "
+                                "letters, digits, _ or - for webhook mode.")
+        if not environ.get("LESSONREEL_PUBLIC_URL", "").startswith(("https://", "http://")):
+            raise SettingsError("LESSONREEL_PUBLIC_URL must be set for webhook mode: it is "
+                                "the https address Telegram posts updates to.")
     return {"token": token, "api_url": environ.get("LESSONREEL_TELEGRAM_API_URL", "").rstrip("/"),
-            "webhook_secret": environ.get("LESSONREEL_TELEGRAM_WEBHOOK_SECRET", "")}
+            "webhook_secret": secret}
 
 
 def _language(update: Update) -> str | None:
@@ -113,12 +131,14 @@ class TelegramBot:
     def _register(self) -> None:
         app = self.app
         app.add_handler(TypeHandler(Update, self._dedupe), group=-1)
+        new = filters.UpdateType.MESSAGE
         app.add_handler(CallbackQueryHandler(self._on_button))
-        app.add_handler(MessageHandler(filters.PHOTO, self._on_photo))
-        app.add_handler(MessageHandler(filters.Document.ALL, self._on_document))
-        app.add_handler(MessageHandler(filters.TEXT, self._on_text))
+        app.add_handler(MessageHandler(new & filters.PHOTO, self._on_photo))
+        app.add_handler(MessageHandler(new & filters.Document.ALL, self._on_document))
+        app.add_handler(MessageHandler(new & filters.TEXT, self._on_text))
         app.add_handler(MessageHandler(
-            filters.ATTACHMENT & ~filters.PHOTO & ~filters.Document.ALL, self._on_other_file))
+            new & filters.ATTACHMENT & ~filters.PHOTO & ~filters.Document.ALL,
+            self._on_other_file))
         app.add_error_handler(self._on_error)
 
     # -- handlers ----------------------------------------------------------------------------
@@ -142,13 +162,17 @@ class TelegramBot:
 
     async def _on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        place = await self._place(message, addressed=True)
+        place = await self._place(message)
+        if place is None:
+            return  # a photo shared in a group, not sent to the bot
         largest = max(message.photo, key=lambda size: size.width * size.height)
         await self._image(update, place, largest.file_id, largest.file_size)
 
     async def _on_document(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        place = await self._place(message, addressed=True)
+        place = await self._place(message)
+        if place is None:
+            return
         document = message.document
         if not (document.mime_type or "").startswith("image/"):
             outs = await asyncio.to_thread(self.service.unsupported_file, place,
@@ -160,7 +184,9 @@ class TelegramBot:
 
     async def _on_other_file(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
-        place = await self._place(message, addressed=True)
+        place = await self._place(message)
+        if place is None:
+            return
         name = "video" if message.video else "voice" if message.voice else "file"
         outs = await asyncio.to_thread(self.service.unsupported_file, place, name,
                                        language=_language(update))
@@ -196,7 +222,12 @@ class TelegramBot:
         force_reply = bool(outs) and token and (
             (ref := await asyncio.to_thread(self.service.action_ref, token)) is not None
             and ref.action == "edit")
-        await self._post(place, outs, reply_to=message, force_reply=bool(force_reply))
+        # ForceReply(selective) reaches only users @mentioned in the text: name the presser.
+        user = update.effective_user
+        mention = f"@{user.username} " if force_reply and user and user.username and \
+            place.thread else ""
+        await self._post(place, outs, reply_to=message, force_reply=bool(force_reply),
+                         mention=mention)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("Telegram handler failed: %s", context.error.__class__.__name__,
@@ -227,12 +258,17 @@ class TelegramBot:
 
     def _mentions_bot(self, message: Message) -> bool:
         text = message.text or message.caption or ""
-        username = self.bot.username if self.bot._bot_user else ""
-        return text.startswith("/") or bool(username and f"@{username}" in text)
+        username = (self.bot.username if self.bot._bot_user else "").lower()
+        if text.startswith("/"):  # a command, unless it names another bot: /poll@otherbot
+            _, at, addressee = text.split(maxsplit=1)[0].partition("@")
+            return not at or addressee.lower() == username
+        return bool(username and f"@{username}" in text.lower())
 
     def _strip_mention(self, text: str) -> str:
         username = self.bot.username if self.bot._bot_user else ""
-        return text.replace(f"@{username}", " ").strip() if username else text
+        if not username:
+            return text
+        return re.sub(rf"@{re.escape(username)}\b", " ", text, flags=re.IGNORECASE).strip()
 
     def _thread_of(self, chat_id: int, message_id: int) -> str | None:
         raw = self.runtime.connection.get(f"lessonreel:tg:msg:{chat_id}:{message_id}")
@@ -258,11 +294,11 @@ class TelegramBot:
         return where
 
     async def _post(self, place: Place, outs: Sequence[Out], *, reply_to: Message | None = None,
-                    force_reply: bool = False) -> None:
+                    force_reply: bool = False, mention: str = "") -> None:
         where = self._where(place, reply_to)
         for out in outs:
             markup = None
-            text = out.text
+            text = mention + out.text
             if out.card is not None:
                 text = "\n".join(filter(None, (out.text, *out.card.lines())))
                 markup = InlineKeyboardMarkup([[
@@ -298,21 +334,35 @@ class TelegramBot:
                 text=_fit(text, TEXT_LIMIT), chat_id=int(route.place.chat),
                 message_id=int(ref)))
         except BadRequest as exc:
-            if "not modified" not in str(exc).lower():
-                raise
+            reason = str(exc).lower()
+            if "not modified" in reason:
+                return
+            if "not found" in reason or "can't be edited" in reason:
+                # Deleted by someone, or too old to edit: the status is cosmetic; the result is
+                # still posted (the relay must not retry, and so lose, the final message).
+                log.warning("Telegram status message %s of job %s cannot be edited (%s)", ref,
+                            route.job_id, exc)
+                return
+            raise
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:
         where = self._where(route.place, None)
         video = delivery.video
-        if video is not None and video.stat().st_size <= self.upload_limit:
-            if len(delivery.text) <= CAPTION_LIMIT:
-                sent = await with_flood_control(lambda: self._send_video(
-                    video, delivery.text, where))
-                await asyncio.to_thread(self._remember, route.place, sent)
-                return
-            await with_flood_control(lambda: self._send_video(video, None, where))
         text = delivery.text
-        if video is not None and video.stat().st_size > self.upload_limit:
+        if video is not None and video.stat().st_size <= self.upload_limit:
+            caption = delivery.text if len(delivery.text) <= CAPTION_LIMIT else None
+            try:
+                sent = await with_flood_control(lambda: self._send_video(video, caption, where))
+            except (BadRequest, NetworkError) as exc:
+                # Refused (a 413 from a server with a smaller limit, a format it rejects) or
+                # lost on the way: the share link is posted all the same, never given up on.
+                log.warning("Telegram did not take the video of job %s (%s); sending the link",
+                            route.job_id, exc)
+            else:
+                await asyncio.to_thread(self._remember, route.place, sent)
+                if caption is not None:
+                    return
+        elif video is not None:
             text += "\n" + say(route.language, "too_big_to_upload")
         sent = await with_flood_control(lambda: self.bot.send_message(
             text=_fit(text, TEXT_LIMIT), **where))
@@ -321,8 +371,9 @@ class TelegramBot:
     async def _send_video(self, video, caption: str | None, where: dict) -> Message:
         with open(video, "rb") as handle:
             return await self.bot.send_video(video=handle, caption=caption,
-                                             supports_streaming=True,
-                                             filename=video.name, **where)
+                                             supports_streaming=True, filename=video.name,
+                                             read_timeout=UPLOAD_TIMEOUT_SECONDS,
+                                             write_timeout=UPLOAD_TIMEOUT_SECONDS, **where)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -339,7 +390,8 @@ class TelegramBot:
             await asyncio.to_thread(self.relay.ensure_group)
             relay = asyncio.create_task(self.relay.run(relay_stop))
             await self.app.updater.start_polling(poll_interval=0.0, timeout=10,
-                                                 drop_pending_updates=False)
+                                                 drop_pending_updates=False,
+                                                 allowed_updates=ALLOWED_UPDATES)
             try:
                 await stop.wait()
             finally:
@@ -387,7 +439,7 @@ class TelegramBot:
                 await self.register_commands()
                 await with_flood_control(lambda: self.bot.set_webhook(
                     url=public_url.rstrip("/") + WEBHOOK_PATH, secret_token=secret,
-                    allowed_updates=["message", "callback_query"]))
+                    allowed_updates=ALLOWED_UPDATES))
                 await self.app.start()
                 await asyncio.to_thread(self.relay.ensure_group)
                 relay = asyncio.create_task(self.relay.run(relay_stop))
@@ -402,21 +454,44 @@ class TelegramBot:
         return app
 
 
-def run_telegram(runtime: Runtime, *, webhook: bool, host: str, port: int) -> int:
-    config = telegram_settings()
+class TokenRedactor(logging.Filter):
+    """Keeps the bot token out of log lines: the Bot API puts it in every URL, and a URL can
+    reach a message or a traceback (a library's error, a debug line)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.token:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<bot token>"), None
+        if record.exc_text and self.token in record.exc_text:
+            record.exc_text = record.exc_text.replace(self.token, "<bot token>")
+        return True
+
+
+def redact_token_in_logs(token: str) -> TokenRedactor:
+    """Install a TokenRedactor on every handler of the root logger (where the CLI logs)."""
+    redactor = TokenRedactor(token)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redactor)
+    return redactor
+
+
+def run_telegram(runtime: Runtime, config: dict[str, str], *, webhook: bool, host: str,
+                 port: int) -> int:
+    redact_token_in_logs(config["token"])
     bot = TelegramBot(runtime, token=config["token"], api_url=config["api_url"])
     if webhook:
-        secret = config["webhook_secret"]
-        if len(secret) < 16 or not all(c.isalnum() or c in "_-" for c in secret):
-            raise SettingsError("LESSONREEL_TELEGRAM_WEBHOOK_SECRET must be set to 16-256 "
-                                "letters, digits, _ or - for webhook mode.")
-        if not runtime.settings.public_url:
-            raise SettingsError("LESSONREEL_PUBLIC_URL must be set for webhook mode: it is "
-                                "the https address Telegram posts updates to.")
         import uvicorn
 
-        uvicorn.run(bot.webhook_app(secret, runtime.settings.public_url), host=host, port=port,
-                    log_level="warning")
+        uvicorn.run(bot.webhook_app(config["webhook_secret"], runtime.settings.public_url),
+                    host=host, port=port, log_level="warning")
         return 0
 
     async def main() -> None:
