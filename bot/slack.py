@@ -27,7 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core import ACTIONS, Author, Card, Out, Place, Route
 from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
-from bot.runtime import Runtime, relay_for
+from bot.runtime import Runtime, redact_token_in_logs, relay_for
 from engine.errors import SettingsError, UserError
 from engine.request import detect_language
 
@@ -511,6 +511,8 @@ def http_app(bot: SlackBot):
 
 def run_slack(runtime: Runtime, config: dict[str, str], *, http: bool, host: str,
               port: int) -> int:
+    for secret in (config["token"], config["app_token"], config["signing_secret"]):
+        redact_token_in_logs(secret)
     bot = SlackBot(runtime, token=config["token"], signing_secret=config["signing_secret"],
                    api_url=config["api_url"])
     if http:

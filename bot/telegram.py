@@ -44,7 +44,7 @@ from telegram.ext import (
 from bot.core import Author, Out, Place, Route
 from bot.messages import COMMANDS, say
 from bot.relay import Delivery
-from bot.runtime import Runtime, relay_for
+from bot.runtime import Runtime, redact_token_in_logs, relay_for
 from engine.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -452,35 +452,6 @@ class TelegramBot:
 
         app.router.lifespan_context = lifespan
         return app
-
-
-class TokenRedactor(logging.Filter):
-    """Keeps the bot token out of log lines: the Bot API puts it in every URL, and a URL can
-    reach a message or a traceback (a library's error, a debug line)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.token:
-            return True
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "<bot token>"), None
-        if record.exc_text and self.token in record.exc_text:
-            record.exc_text = record.exc_text.replace(self.token, "<bot token>")
-        return True
-
-
-def redact_token_in_logs(token: str) -> TokenRedactor:
-    """Install a TokenRedactor on every handler of the root logger (where the CLI logs)."""
-    redactor = TokenRedactor(token)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redactor)
-    return redactor
 
 
 def run_telegram(runtime: Runtime, config: dict[str, str], *, webhook: bool, host: str,
