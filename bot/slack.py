@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.core import ACTIONS, Author, Card, Out, Place, Route
+from bot.core import ACTIONS, Author, Card, Out, Place, Route, parse_command
 from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
 from bot.runtime import Runtime, redact_token_in_logs, relay_for
@@ -339,8 +339,15 @@ class SlackBot:
         place = self._place(event)
         author = Author(event.get("user", ""))
         await self._remember_thread(place, author)
+        placeholder = None
+        if self.service.llm is not None and parse_command(text) is None:
+            # The model may take a while: say so at once, then put the answer in its place.
+            lang = "zh" if detect_language(text) == "zh" else "en"
+            posted = await self.client.chat_postMessage(
+                channel=place.chat, thread_ts=place.thread or None, text=say(lang, "working"))
+            placeholder = posted["ts"]
         outs = await asyncio.to_thread(self.service.message, place, author, text)
-        await self._post(place, outs)
+        await self._post(place, outs, replace=placeholder)
 
     async def _files(self, event: dict) -> None:
         place = self._place(event)
@@ -377,16 +384,24 @@ class SlackBot:
                     break
         return bytes(data[:limit])
 
-    async def _post(self, place: Place, outs: Sequence[Out]) -> None:
+    async def _post(self, place: Place, outs: Sequence[Out], *, replace: str | None = None
+                    ) -> None:
+        """Post each Out in the thread; the first one replaces the message `replace`."""
         for out in outs:
             thread = place.thread or None
             if out.card is not None:
-                reply = await self.client.chat_postMessage(
-                    channel=place.chat, thread_ts=thread, text=card_text(out.card, out.text),
-                    blocks=card_blocks(out.card, out.text))
+                content = {"text": card_text(out.card, out.text),
+                           "blocks": card_blocks(out.card, out.text)}
             else:
-                reply = await self.client.chat_postMessage(
-                    channel=place.chat, thread_ts=thread, text=clip(escape(out.text), 3000))
+                content = {"text": clip(escape(out.text), 3000), "blocks": []}
+            if replace is not None:
+                reply = await self.client.chat_update(channel=place.chat, ts=replace, **content)
+                replace = None
+            else:
+                if not content["blocks"]:
+                    del content["blocks"]
+                reply = await self.client.chat_postMessage(channel=place.chat,
+                                                           thread_ts=thread, **content)
             if out.follows_job:
                 await asyncio.to_thread(self.service.routes.claim_status, out.follows_job,
                                         reply["ts"])

@@ -54,6 +54,7 @@ CALLBACK_PREFIX = "lr:"
 TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 MAX_RETRIES = 3
+TYPING_SECONDS = 4.5
 WEBHOOK_PATH = "/telegram/webhook"
 # The updates the bot acts on, in polling and webhook mode alike: new messages and button
 # presses (an edited message is not a new turn, and channel posts have no teacher).
@@ -155,10 +156,19 @@ class TelegramBot:
             return  # group chatter not addressed to the bot
         text = self._strip_mention(message.text or "")
         author = _author(update)
-        await self._typing(message)
-        outs = await asyncio.to_thread(self.service.message, place, author, text,
-                                       language=_language(update))
+        typing = asyncio.create_task(self._keep_typing(message))
+        try:
+            outs = await asyncio.to_thread(self.service.message, place, author, text,
+                                           language=_language(update))
+        finally:
+            typing.cancel()
         await self._post(place, outs, reply_to=message)
+
+    async def _keep_typing(self, message: Message) -> None:
+        """Telegram shows "typing…" for 5 seconds: repeat it while the model works."""
+        while True:
+            await self._typing(message)
+            await asyncio.sleep(TYPING_SECONDS)
 
     async def _on_photo(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message

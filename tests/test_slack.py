@@ -376,11 +376,18 @@ def test_fifty_events_are_acknowledged_at_once_while_the_model_is_slow(slack_bot
     print(f"50 events acknowledged: slowest {slowest:.3f} s, median "
           f"{sorted(s for _, s in timings)[25]:.3f} s")
 
-    # No event is lost: each thread gets a card, or the polite "busy" sentence.
+    # No event is lost: each thread gets a card, or the polite "busy" sentence, in place of
+    # the "Working on it…" said at once.
+    def settled(ts: str) -> bool:
+        messages = bot.thread(ts, "C4")
+        return bool(messages) and messages[0]["text"] != "Working on it…"
+
     answered = slack.wait_for(
-        lambda s: all(bot.thread(ts, "C4") for ts in threads) and [
+        lambda s: all(settled(ts) for ts in threads) and [
             bot.thread(ts, "C4")[0] for ts in threads], timeout=20,
         message="an answer in each of the 50 threads")
+    working = [c for c in slack.calls_to("chat.postMessage") if c.args["text"] == "Working on it…"]
+    assert len(working) == 50
     cards = [m for m in answered if m.get("blocks")]
     busy = [m for m in answered if "language model is busy" in m["text"]]
     assert len(cards) + len(busy) == 50 and cards and busy

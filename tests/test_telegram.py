@@ -761,3 +761,24 @@ def killed_while_rendering(fake, runtime, bot_process, rendering, release) -> No
     assert "Application started" in log  # the log was captured
     assert " ERROR " not in log and "Traceback" not in log, log
     assert TOKEN not in log and "123%3AABC" not in log
+
+
+def test_typing_is_shown_for_as_long_as_the_model_works(fake, start_bot, make_runtime,
+                                                        monkeypatch):
+    import bot.telegram as telegram_module
+    from engine.llm import LLMError
+
+    class SlowModel:  # fails after a while: the rule-based draft is used
+        def answer(self, *args, **kwargs):
+            time.sleep(1.0)
+            raise LLMError("slow")
+
+    monkeypatch.setattr(telegram_module, "TYPING_SECONDS", 0.2)
+    runtime = make_runtime()
+    runtime.service.llm = runtime.service.dialogue.llm = SlowModel()
+    start_bot(runtime)
+    say_to(fake, TEACHER, "Explain photosynthesis to grade 7 in 30 seconds",
+           containing="could not draft it")
+    typing = [call for call in fake.calls_to("sendChatAction")
+              if call.params.get("chat_id") == TEACHER]
+    assert len(typing) >= 3  # repeated while the turn lasted, not shown once and left to lapse
