@@ -360,10 +360,8 @@ class ChatService:
                            ex=queue_settings.job_timeout_seconds
                            * (self.settings.bot.max_queued_jobs + 2)
                            + queue_settings.result_ttl_seconds)
-        ahead = max(len(queue.job_ids) - 1, 0)
-        key = "queued_preview" if preview else "queued"
-        text = say(lang, key, version=version.number, ahead=_ahead(lang, ahead),
-                   eta=duration_words(lang, (ahead + 1) * self.job_seconds()))
+        route = self.routes.get(job_id)
+        text = queued_text(route, max(len(queue.job_ids) - 1, 0), self.job_seconds())
         return [Out(text, follows_job=job_id, language=lang)]
 
     def _cancel(self, conversation: str, lang: str) -> Out:
@@ -431,8 +429,7 @@ class ChatService:
     # -- status ------------------------------------------------------------------------------
 
     def job_seconds(self) -> float:
-        raw = self.redis.get(f"{PREFIX}stats:job_seconds")
-        return float(raw) if raw else DEFAULT_JOB_SECONDS
+        return job_seconds(self.redis)
 
     def _queue_status(self, conversation: str, lang: str) -> Out:
         queue = render_queue(self.redis, self.settings, self.queue_name)
@@ -647,6 +644,19 @@ def _job_is_live(connection: redis.Redis, job_id: str) -> bool:
         return False
     return job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
                                 JobStatus.SCHEDULED)
+
+
+def job_seconds(connection: redis.Redis) -> float:
+    """What a render has taken lately (a running average kept by the relay)."""
+    raw = connection.get(f"{PREFIX}stats:job_seconds")
+    return float(raw) if raw else DEFAULT_JOB_SECONDS
+
+
+def queued_text(route: Route, ahead: int, seconds_per_job: float) -> str:
+    """"Version 3 is queued: 2 videos ahead of it, about 3 min." """
+    lang = route.language
+    return say(lang, "queued_preview" if route.preview else "queued", version=route.version,
+               ahead=_ahead(lang, ahead), eta=duration_words(lang, (ahead + 1) * seconds_per_job))
 
 
 def _ahead(lang: str, count: int) -> str:

@@ -21,9 +21,10 @@ from typing import Protocol
 
 import redis
 
-from bot.core import PREFIX, Route, RouteStore
+from bot.core import PREFIX, Route, RouteStore, job_seconds, queued_text
 from bot.messages import say
 from engine.events import STREAM, RenderEvent
+from engine.jobs import render_queue
 from engine.settings import Settings
 from engine.share import media_file, share_url
 
@@ -217,6 +218,9 @@ class EventRelay:
         if event.kind == "started":
             await asyncio.to_thread(self.redis.set, f"{PREFIX}started:{event.job_id}",
                                     str(event.at), ex=DELIVERED_TTL_SECONDS)
+        if event.kind in ("started", "cancelled"):
+            # A job left the queue: those behind it moved up.
+            await self._refresh_queued(exclude=event.job_id)
         if event.is_final:
             await self._final(route, event)
             return
@@ -225,6 +229,23 @@ class EventRelay:
             return
         if await self._show_status(route, status_text(route, event)):
             self._last_edit[route.job_id] = now
+
+    async def _refresh_queued(self, exclude: str) -> None:
+        """Edit the status of this platform's waiting jobs to their new place in line."""
+        queue = render_queue(self.redis, self.settings)
+        waiting = await asyncio.to_thread(lambda: queue.job_ids)
+        seconds = await asyncio.to_thread(job_seconds, self.redis)
+        for ahead, job_id in enumerate(waiting):
+            route = None if job_id == exclude else await asyncio.to_thread(self.routes.get,
+                                                                           job_id)
+            if route is None or route.place.platform != self.platform or (
+                    self.only is not None and not self.only(route)):
+                continue
+            try:
+                await self._show_status(route, queued_text(route, ahead, seconds))
+            except Exception:  # a courtesy: never at the cost of the event in hand
+                log.warning("could not update the queue position of job %s", job_id,
+                            exc_info=True)
 
     async def _show_status(self, route: Route, text: str, *, final: bool = False) -> bool:
         """Edit the job's status message to `text`; False when there was nothing to do.

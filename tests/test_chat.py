@@ -477,3 +477,23 @@ def test_a_relay_recreates_its_group_when_redis_lost_it(runtime, service):
     asyncio.run(scenario())
     assert [d.text for _, d in notifier.deliveries] == [
         "The render of version 1 failed: lost and found"]
+
+
+def test_waiting_renders_see_their_place_in_line_move_up(runtime, service):
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    jobs = []
+    for thread in ("a", "b", "c"):
+        service.message(place(thread), TEACHER, REQUEST)
+        [queued] = service.message(place(thread), TEACHER, "render")
+        service.routes.claim_status(queued.follows_job, f"status-{thread}")
+        jobs.append(queued.follows_job)
+    assert "2 videos ahead of it" in queued.text
+    queue = render_queue(runtime.connection, runtime.settings)
+    queue.remove(jobs[0])  # a worker took the first job…
+    EventLog(runtime.connection).publish(RenderEvent(job_id=jobs[0], kind="started"))
+    drain(relay_)
+    statuses = dict(notifier.statuses)
+    assert statuses["status-b"].startswith("Version 1 is queued: next in line")
+    assert statuses["status-c"].startswith("Version 1 is queued: 1 video ahead of it")
+    assert statuses["status-a"] == "Rendering version 1: starting…"
