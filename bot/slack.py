@@ -459,10 +459,11 @@ class SlackBot:
         text = delivery.text
         if video is not None and video.stat().st_size <= self.upload_limit:
             try:
-                await self.client.files_upload_v2(
-                    channel=route.place.chat, thread_ts=thread, file=str(video),
-                    filename=f"{route.job_id}-preview.mp4", title=route.title,
-                    initial_comment=escape(delivery.text))
+                with open(video, "rb") as handle:  # given a path, slack_sdk leaves it open
+                    await self.client.files_upload_v2(
+                        channel=route.place.chat, thread_ts=thread, file=handle,
+                        filename=f"{route.job_id}-preview.mp4", title=route.title,
+                        initial_comment=escape(delivery.text))
                 return
             except Exception as exc:  # no files:write, uploads off, a slow uplink timing out:
                 log.warning("preview of job %s not uploaded: %s", route.job_id,

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -39,11 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from tests.local_server import LocalServer, LocalService
 
 TEAM_ID = "T1"
 TEAM_NAME = "School"
@@ -100,82 +100,19 @@ class _Fault:
     retry_after: int | None
 
 
-class BackgroundServer:
-    """Serve an ASGI app with uvicorn in a daemon thread on a free port of ``host``.
-
-    Also handy for the app under test, e.g. a Bolt app behind
-    ``slack_bolt.adapter.starlette.SlackRequestHandler``. ``stop()`` returns within ~2 s."""
-
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", name: str = "asgi-server") -> None:
-        self.app = app
-        self.host = host
-        self.name = name
-        self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://host:port``, no trailing slash."""
-        if self.port is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> BackgroundServer:
-        if self._server is not None:
-            return self
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, 0))  # the kernel picks a free port: no race with others
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, loop="asyncio", lifespan="off", log_level="warning", access_log=False,
-            timeout_graceful_shutdown=1, timeout_keep_alive=5,
-        )
-        server = uvicorn.Server(config)  # off the main thread it installs no signal handlers
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [listener]}, name=self.name, daemon=True,
-        )
-        self._server, self._thread, self._socket = server, thread, listener
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name}: uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        server, thread, listener = self._server, self._thread, self._socket
-        self._server = self._thread = self._socket = None
-        if server is None or thread is None:
-            return
-        server.should_exit = True
-        thread.join(timeout=2)
-        if thread.is_alive():  # a connection that would not close: stop waiting for it
-            server.force_exit = True
-            thread.join(timeout=2)
-        if listener is not None:
-            listener.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+# The server FakeSlack runs on, also handy for the app under test (e.g. a Bolt app behind
+# ``slack_bolt.adapter.starlette.SlackRequestHandler``): ``BackgroundServer(app)``.
+BackgroundServer = LocalServer
 
 
-class FakeSlack:
+class FakeSlack(LocalService):
     """The Slack Web API, in memory, on ``base_url``. Start it with ``with`` or ``start()``.
 
     ``tokens``: when given, only these tokens are accepted (others get ``invalid_auth``);
     by default any token is, and a call without one gets ``not_authed`` as on Slack.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", tokens: set[str] | None = None) -> None:
+    def __init__(self, *, tokens: set[str] | None = None) -> None:
         self.tokens = tokens
         self._lock = threading.RLock()
         self._calls: list[Call] = []
@@ -195,13 +132,9 @@ class FakeSlack:
             Route("/upload/v1/{file_id}", self._upload, methods=["POST"]),
             Route("/response/{response_id}", self._response_url, methods=["POST"]),
         ])
-        self._server = BackgroundServer(self.app, host=host, name="fake-slack")
+        self._server = LocalServer(self.app, name="fake-slack")
 
     # ----------------------------------------------------------------- lifecycle
-
-    @property
-    def port(self) -> int | None:
-        return self._server.port
 
     @property
     def root_url(self) -> str:
@@ -212,19 +145,6 @@ class FakeSlack:
         """What to pass as ``WebClient(base_url=...)``. The trailing slash matters: slack_sdk
         joins with ``urljoin``, which would drop a last path segment without one."""
         return f"{self.root_url}/api/"
-
-    def start(self) -> FakeSlack:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- state for tests
 

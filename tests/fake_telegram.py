@@ -44,7 +44,6 @@ import io
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -52,11 +51,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.local_server import LocalServer, LocalService
 
 T = TypeVar("T")
 
@@ -468,7 +468,7 @@ def _utf16_len(text: str) -> int:
 # --- the fake -----------------------------------------------------------------------------
 
 
-class FakeTelegram:
+class FakeTelegram(LocalService):
     """A Telegram Bot API server on 127.0.0.1 for PTB to talk to.
 
     `token`: when given, requests with another token get 401 Unauthorized (like a wrong token
@@ -479,12 +479,7 @@ class FakeTelegram:
     def __init__(self, *, token: str | None = None, long_poll_cap: float = 1.0) -> None:
         self.token = token
         self.long_poll_cap = long_poll_cap
-        self.host = "127.0.0.1"
-        self.port: int | None = None
         self._lock = threading.RLock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self._stopping = threading.Event()
         self._handlers = self._method_table()
         self.reset()
@@ -492,6 +487,7 @@ class FakeTelegram:
             Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
             Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
         ])
+        self._server = LocalServer(self.app, name="fake-telegram")
 
     def reset(self) -> None:
         """Forget every call, update, message, file and fault (the server keeps running)."""
@@ -521,9 +517,7 @@ class FakeTelegram:
     @property
     def root(self) -> str:
         """The server's root, like "https://api.telegram.org"."""
-        if self.port is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return f"http://{self.host}:{self.port}"
+        return self._server.url
 
     @property
     def base_url(self) -> str:
@@ -535,53 +529,10 @@ class FakeTelegram:
         """For PTB's `base_file_url`: PTB appends the token, then "/{file_path}"."""
         return f"{self.root}/file/bot"
 
-    def start(self) -> FakeTelegram:
-        if self._thread is not None:
-            raise RuntimeError("FakeTelegram is already started")
-        self._stopping.clear()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
-        self._socket = sock
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", loop="asyncio",
-            http="h11", timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="fake-telegram", daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("FakeTelegram's server did not start")
-            time.sleep(0.01)
-        return self
-
     def stop(self) -> None:
         """Stop serving; long polls end at once, so this takes well under 2 s."""
         self._stopping.set()
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(timeout=3)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(timeout=3)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-    def __enter__(self) -> FakeTelegram:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().stop()
 
     # --- what the bot did ---
 
@@ -684,32 +635,37 @@ class FakeTelegram:
     ) -> T:
         """Poll `predicate` until it returns something truthy, and return that. Blocks the
         thread: from a coroutine that shares its loop with PTB, use `wait_for_async`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(self._timeout_message(predicate, timeout, what))
+        check = self._checker(predicate, timeout, what)
+        while not (result := check()):
             time.sleep(interval)
+        return result
 
     async def wait_for_async(
         self, predicate: Callable[[], T], timeout: float = 10.0, *, what: str | None = None,
         interval: float = 0.02,
     ) -> T:
         """`wait_for` that yields to the event loop between polls."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = predicate()
-            if result:
-                return result
-            if time.monotonic() > deadline:
-                raise AssertionError(self._timeout_message(predicate, timeout, what))
+        check = self._checker(predicate, timeout, what)
+        while not (result := check()):
             await asyncio.sleep(interval)
+        return result
 
-    def _timeout_message(self, predicate: Callable[[], Any], timeout: float, what: str | None):
-        name = what or getattr(predicate, "__name__", repr(predicate))
-        return f"timed out after {timeout} s waiting for {name}\n{self.summary()}"
+    def _checker(
+        self, predicate: Callable[[], T], timeout: float, what: str | None,
+    ) -> Callable[[], T]:
+        """A function that returns what `predicate()` returns, or raises AssertionError
+        (listing the calls so far) when that is falsy and `timeout` seconds have passed."""
+        deadline = time.monotonic() + timeout
+
+        def check() -> T:
+            result = predicate()
+            if result or time.monotonic() <= deadline:
+                return result
+            name = what or getattr(predicate, "__name__", repr(predicate))
+            raise AssertionError(f"timed out after {timeout} s waiting for {name}\n"
+                                 f"{self.summary()}")
+
+        return check
 
     # --- faults ---
 

@@ -194,7 +194,8 @@ def test_an_image_becomes_a_scenes_image(service, runtime):
     [card] = service.image(place(), TEACHER, png_bytes(), caption="use this for scene 2")
     assert card.card.scenes[1].image and "Scene 2" in card.text
     saved = runtime.settings.uploads_path / card.card.scenes[1].image
-    assert Image.open(saved).size == (64, 48)
+    with Image.open(saved) as image:
+        assert image.size == (64, 48)
     [no_scene] = service.image(place(), TEACHER, png_bytes(), caption="scene 40")
     assert "does not exist" in no_scene.text
     [broken] = service.image(place(), TEACHER, b"GIF89a not really")

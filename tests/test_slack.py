@@ -10,7 +10,6 @@ import io
 import json
 import random
 import re
-import socket
 import threading
 import time
 import urllib.request
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import uvicorn
 from PIL import Image
 from slack_sdk import WebClient
 from starlette.applications import Starlette
@@ -34,7 +32,6 @@ from engine.llm import LLMError
 from tests.fake_slack import (
     BOT_USER_ID,
     FORM,
-    BackgroundServer,
     FakeSlack,
     SignedResponse,
     block_actions_payload,
@@ -44,6 +41,7 @@ from tests.fake_slack import (
     slash_command_form,
     view_submission_payload,
 )
+from tests.local_server import LocalServer
 from worker.runner import run_worker
 
 TOKEN = "xoxb-test"
@@ -54,48 +52,6 @@ BUTTONS = ["lr_render", "lr_preview", "lr_edit", "lr_cancel"]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class LifespanServer(BackgroundServer):
-    """fake_slack's BackgroundServer with the ASGI lifespan on, so the app's start-up (the
-    event relay) runs; and bound before the app exists, so the share links the app makes
-    can point at it."""
-
-    def __init__(self) -> None:
-        super().__init__(None, name="lessonreel-slack")
-        self._listener = _listening_socket()
-        self.port = self._listener.getsockname()[1]
-
-    def start(self) -> LifespanServer:
-        config = uvicorn.Config(self.app, loop="asyncio", lifespan="on", log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=1,
-                                timeout_keep_alive=5)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [self._listener]},
-                                  name=self.name, daemon=True)
-        self._server, self._thread, self._socket = server, thread, self._listener
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:  # set once the lifespan's start-up has run
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the Slack bot's app did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        thread = self._thread
-        super().stop()
-        if thread is not None:
-            thread.join(timeout=5)  # the lifespan's end waits for the relay to stop
-
-
-def _listening_socket() -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    return listener
-
-
 @dataclass
 class Bot:
     """A running Slack bot and the fake Slack it talks to, with what Slack would send it."""
@@ -103,7 +59,7 @@ class Bot:
     slack: FakeSlack
     runtime: Runtime
     bot: SlackBot
-    server: LifespanServer
+    server: LocalServer
     _ids: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
 
     @property
@@ -188,7 +144,9 @@ def card_texts(message: dict) -> str:
 @pytest.fixture
 def slack_bot(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bot]:
     with FakeSlack() as slack:
-        server = LifespanServer()
+        # The lifespan runs the app's start-up (the event relay); the URL is known before the
+        # app exists, so the share links it makes can point at it.
+        server = LocalServer(lifespan="on", name="lessonreel-slack")
         monkeypatch.setenv("LESSONREEL_PUBLIC_URL", server.url)  # share links open here
         runtime = build_runtime()
         try:
@@ -477,8 +435,8 @@ def file_host() -> Iterator[tuple[str, list[str]]]:
         seen.append(request.headers.get("authorization", ""))
         return StreamingResponse(pieces(), media_type="image/png")
 
-    with BackgroundServer(Starlette(routes=[WebRoute("/files/diagram.png", download)]),
-                          name="slack-files") as server:
+    with LocalServer(Starlette(routes=[WebRoute("/files/diagram.png", download)]),
+                     name="slack-files") as server:
         yield server.url + "/files/diagram.png", seen
 
 
@@ -505,7 +463,8 @@ def test_a_file_in_the_thread_is_an_image_for_a_scene_or_politely_refused(slack_
     scene_two = card["blocks"][3]["text"]["text"]
     assert scene_two.startswith("2. ") and "🖼 image: img-" in scene_two
     saved = bot.runtime.settings.uploads_path / scene_two.split("🖼 image: ")[1]
-    assert Image.open(saved).size == (320, 240)  # the whole image arrived, in chunks
+    with Image.open(saved) as image:
+        assert image.size == (320, 240)  # the whole image arrived, in chunks
 
     # "@lessonreel scene 3" with a photo: Slack sends it as app_mention and as message; the
     # photo is used once, for scene 3.

@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from bot.messages import COMMANDS
@@ -28,6 +26,7 @@ from bot.web import share_app
 from engine.events import STREAM
 from engine.jobs import render_queue
 from tests.fake_telegram import FakeTelegram, updates_of
+from tests.local_server import LocalServer
 from worker.runner import run_worker
 
 TOKEN = "123:ABC"
@@ -39,40 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- harness -------------------------------------------------------------------------------
-
-
-class Server:
-    """An ASGI app served by uvicorn from a thread. The port is taken at construction, so a
-    URL that must be known before the app is built (LESSONREEL_PUBLIC_URL) can be."""
-
-    def __init__(self) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(64)
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def serve(self, app, *, lifespan: str = "off") -> Server:
-        config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False,
-                                loop="asyncio", http="h11", timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run,
-                                        kwargs={"sockets": [self._socket]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            assert self._thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
-            assert not self._thread.is_alive(), "server did not stop"
-        self._socket.close()
 
 
 class PollingBot:
@@ -256,10 +221,11 @@ def card_scene_lines(text: str, number: int) -> list[str]:
 
 def test_draft_edit_by_text_and_button_render_and_open_the_link(fake, make_runtime, start_bot,
                                                                monkeypatch):
-    share = Server()
+    share = LocalServer(name="share")  # its URL is in the links, so known before the app
     monkeypatch.setenv("LESSONREEL_PUBLIC_URL", share.url)
     runtime = make_runtime()
-    share.serve(share_app(runtime.settings, runtime.secret))
+    share.app = share_app(runtime.settings, runtime.secret)
+    share.start()
     try:
         start_bot(runtime)
         first = say_to(fake, TEACHER, REQUEST, containing="version 1")
@@ -362,9 +328,10 @@ def test_the_same_update_three_times_is_one_reply_and_one_job(fake, make_runtime
 def test_the_webhook_takes_only_updates_with_the_secret(fake, make_runtime):
     runtime = make_runtime()
     bot = TelegramBot(runtime, token=TOKEN, api_url=fake.root)
-    server = Server()
+    server = LocalServer(lifespan="on", name="telegram-webhook")
     secret = "webhook-secret_0123456789"
-    server.serve(bot.webhook_app(secret, server.url), lifespan="on")
+    server.app = bot.webhook_app(secret, server.url)
+    server.start()
     try:
         url = server.url + "/telegram/webhook"
         assert fake.webhook["url"] == url and fake.webhook["secret_token"] == secret
