@@ -13,6 +13,7 @@ Telegram allows 64 bytes of callback data and a button must not be trusted with 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import redis
 from PIL import Image, UnidentifiedImageError
+from redis.exceptions import LockError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -49,6 +51,10 @@ DEDUPE_TTL_SECONDS = 86_400
 # Until a few renders have been timed, a queue estimate assumes this many seconds a job.
 DEFAULT_JOB_SECONDS = 60.0
 VIDEOS_KEPT = 20
+# A thread's messages are taken one at a time; a turn holds the thread at most this long,
+# and a message waits at most this long for the one before it.
+TURN_LOCK_SECONDS = 600
+TURN_WAIT_SECONDS = 300
 ACTIONS = ("render", "preview", "edit", "cancel")
 IMAGE_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 MAX_IMAGE_PIXELS = 40_000_000
@@ -266,7 +272,22 @@ class ChatService:
 
     def _turn(self, place: Place, author: Author, text: str, language: str | None
               ) -> list[Out]:
+        """One message, after the thread's earlier ones: two quick messages in a thread
+        (platforms deliver them concurrently) must not race into a version conflict."""
         conversation = self.conversation(place)
+        lock = self.redis.lock(f"{PREFIX}turn:{conversation}", timeout=TURN_LOCK_SECONDS,
+                               blocking_timeout=TURN_WAIT_SECONDS)
+        if not lock.acquire():
+            lang = self._language(place, language, text)
+            return [Out(say(lang, "thread_busy"), language=lang)]
+        try:
+            return self._turn_in_order(place, conversation, text, language)
+        finally:
+            with contextlib.suppress(LockError):  # held longer than TURN_LOCK_SECONDS
+                lock.release()
+
+    def _turn_in_order(self, place: Place, conversation: str, text: str,
+                       language: str | None) -> list[Out]:
         latest = self.history.latest(conversation)
         lang = self._language(place, language, text)
         needs_model = self.llm is not None and not _is_plain_edit(latest, text)

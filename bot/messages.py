@@ -13,6 +13,8 @@ SAY: dict[str, dict[str, str]] = {
                      "queue"),
         "new_started": "Started a new storyboard here; tell me what video to make.",
         "working": "Working on it…",
+        "thread_busy": ("I am still working on an earlier message in this thread; please send "
+                        "this one again in a minute."),
         "nothing_yet": "There is no storyboard here yet; tell me what video to make.",
         "stale_button": ("That button has expired. Type “show” to see the current "
                          "storyboard."),
@@ -86,6 +88,7 @@ SAY: dict[str, dict[str, str]] = {
         "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
         "new_started": "已在这里新建分镜；请说说要做什么视频。",
         "working": "正在处理…",
+        "thread_busy": "我还在处理这个话题里之前的消息；请一分钟后再发一次。",
         "nothing_yet": "这里还没有分镜；请说说要做什么视频。",
         "stale_button": "这个按钮已失效。输入“查看”可看到当前分镜。",
         "old_version": "这张卡片是第 {version} 版；最新是第 {latest} 版。",

@@ -498,3 +498,18 @@ def test_waiting_renders_see_their_place_in_line_move_up(runtime, service):
     assert statuses["status-b"].startswith("Version 1 is queued: next in line")
     assert statuses["status-c"].startswith("Version 1 is queued: 1 video ahead of it")
     assert statuses["status-a"] == "Rendering version 1: starting…"
+
+
+def test_quick_messages_in_one_thread_are_taken_in_turn_not_refused(service):
+    service.message(place(), TEACHER, REQUEST)
+    edits = ["make scene 1 shorter", "make scene 2 longer", "make scene 3 shorter",
+             "make scene 2 shorter", "make scene 1 longer", "duplicate scene 1"]
+    answers = []
+    threads = [threading.Thread(target=lambda e=edit: answers.append(
+        service.message(place(), Author("U9"), e))) for edit in edits]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    versions = sorted(outs[0].card.version for outs in answers if outs[0].card)
+    assert versions == [2, 3, 4, 5, 6, 7], [outs[0].text for outs in answers]
