@@ -230,8 +230,10 @@ class ChatService:
     def image(self, place: Place, author: Author, data: bytes, *, caption: str = "",
               language: str | None = None) -> list[Out]:
         """An image sent in the thread: it becomes a scene's image for image-to-video."""
-        return self._guarded(place, language, caption,
-                             lambda: self._image(place, data, caption, language))
+        conversation = self.conversation(place)
+        return self._guarded(place, language, caption, lambda: self._in_turn(
+            conversation, place, language, caption,
+            lambda: self._image(place, data, caption, language)))
 
     def image_too_large(self, place: Place, size: int, *, language: str | None = None
                         ) -> list[Out]:
@@ -250,8 +252,9 @@ class ChatService:
                    ) -> list[Out]:
         """A scene edited in a form (Slack's modal): applied to the version the form showed."""
         place = self._place_of(conversation)
-        return self._guarded(place, language, "", lambda: self._edit_scene(
-            conversation, version, number, visual, narration, seconds))
+        return self._guarded(place, language, "", lambda: self._in_turn(
+            conversation, place, language, "", lambda: self._edit_scene(
+                conversation, version, number, visual, narration, seconds)))
 
     def card(self, place: Place) -> Out | None:
         latest = self.history.latest(self.conversation(place))
@@ -275,13 +278,19 @@ class ChatService:
         """One message, after the thread's earlier ones: two quick messages in a thread
         (platforms deliver them concurrently) must not race into a version conflict."""
         conversation = self.conversation(place)
+        return self._in_turn(conversation, place, language, text, lambda: self._turn_in_order(
+            place, conversation, text, language))
+
+    def _in_turn(self, conversation: str, place: Place | None, language: str | None,
+                 text: str, work) -> list[Out]:
+        """Run `work` once the thread's earlier messages, images and forms are done."""
         lock = self.redis.lock(f"{PREFIX}turn:{conversation}", timeout=TURN_LOCK_SECONDS,
                                blocking_timeout=TURN_WAIT_SECONDS)
         if not lock.acquire():
             lang = self._language(place, language, text)
             return [Out(say(lang, "thread_busy"), language=lang)]
         try:
-            return self._turn_in_order(place, conversation, text, language)
+            return work()
         finally:
             with contextlib.suppress(LockError):  # held longer than TURN_LOCK_SECONDS
                 lock.release()

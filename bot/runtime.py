@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
@@ -42,6 +43,13 @@ def relay_for(runtime: Runtime, platform: str, notifier: Notifier, *,
               group: str | None = None, only=None) -> EventRelay:
     return EventRelay(runtime.connection, runtime.settings, share_secret=runtime.secret,
                       platform=platform, notifier=notifier, group=group, only=only)
+
+
+def use_bot_executor() -> None:
+    """More threads than asyncio's default (cores + 4): a conversation waiting for the model
+    or for its thread's earlier message holds one, and must not hold up every other chat."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=64, thread_name_prefix="turn"))
 
 
 class RelayThread(threading.Thread):

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
@@ -27,7 +26,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.core import ACTIONS, Author, Card, Out, Place, Route, parse_command
 from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
-from bot.runtime import Runtime, redact_token_in_logs, relay_for
+from bot.runtime import Runtime, redact_token_in_logs, relay_for, use_bot_executor
 from engine.errors import SettingsError, UserError
 from engine.request import detect_language
 
@@ -489,12 +488,6 @@ class SlackBot:
         stop.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=10)
-
-
-def use_bot_executor() -> None:
-    """More threads than asyncio's default: each waiting conversation holds one."""
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=64, thread_name_prefix="turn"))
 
 
 def http_app(bot: SlackBot):

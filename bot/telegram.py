@@ -29,11 +29,12 @@ from telegram import (
     ReplyParameters,
     Update,
 )
-from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     Application,
     ApplicationBuilder,
     ApplicationHandlerStop,
+    BaseUpdateProcessor,
     CallbackQueryHandler,
     ContextTypes,
     MessageHandler,
@@ -44,7 +45,7 @@ from telegram.ext import (
 from bot.core import Author, Out, Place, Route
 from bot.messages import COMMANDS, say
 from bot.relay import Delivery
-from bot.runtime import Runtime, redact_token_in_logs, relay_for
+from bot.runtime import Runtime, redact_token_in_logs, relay_for, use_bot_executor
 from engine.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ CAPTION_LIMIT = 1024
 MAX_RETRIES = 3
 TYPING_SECONDS = 4.5
 WEBHOOK_PATH = "/telegram/webhook"
+MIGRATED = "lessonreel:tg:migrated:"  # old group id -> its supergroup's id
 # The updates the bot acts on, in polling and webhook mode alike: new messages and button
 # presses (an edited message is not a new turn, and channel posts have no teacher).
 ALLOWED_UPDATES = ["message", "callback_query"]
@@ -113,11 +115,44 @@ async def with_flood_control(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
+class ChatOrderedUpdates(BaseUpdateProcessor):
+    """Updates run concurrently, except that messages of one chat (or topic) run in the
+    order they arrived: "delete scene 1" then "make scene 1 shorter" must happen in that
+    order, and an album's photos one after another. Button presses skip the line, so they
+    are answered at once."""
+
+    def __init__(self, max_concurrent_updates: int) -> None:
+        super().__init__(max_concurrent_updates)
+        self._lines: dict[tuple, tuple[asyncio.Lock, list[int]]] = {}  # lock, users
+
+    async def do_process_update(self, update: object, coroutine: Awaitable) -> None:
+        message = update.message if isinstance(update, Update) else None
+        if message is None:
+            await coroutine
+            return
+        key = (message.chat_id, message.message_thread_id if message.is_topic_message else 0)
+        lock, users = self._lines.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:  # asyncio locks are first come, first served
+                await coroutine
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._lines[key]
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+
 class TelegramBot:
     def __init__(self, runtime: Runtime, *, token: str, api_url: str = "") -> None:
         self.runtime = runtime
         self.service = runtime.service
-        builder = ApplicationBuilder().token(token).concurrent_updates(64)
+        builder = ApplicationBuilder().token(token).concurrent_updates(ChatOrderedUpdates(64))
         if api_url:
             builder = builder.base_url(f"{api_url}/bot").base_file_url(f"{api_url}/file/bot")
         self.app: Application = builder.build()
@@ -134,6 +169,7 @@ class TelegramBot:
         app.add_handler(TypeHandler(Update, self._dedupe), group=-1)
         new = filters.UpdateType.MESSAGE
         app.add_handler(CallbackQueryHandler(self._on_button))
+        app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
         app.add_handler(MessageHandler(new & filters.PHOTO, self._on_photo))
         app.add_handler(MessageHandler(new & filters.Document.ALL, self._on_document))
         app.add_handler(MessageHandler(new & filters.TEXT, self._on_text))
@@ -148,6 +184,14 @@ class TelegramBot:
         if not await asyncio.to_thread(self.service.first_time, PLATFORM,
                                        str(update.update_id)):
             raise ApplicationHandlerStop
+
+    async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """A group became a supergroup and changed its id: news for its threads goes there."""
+        message = update.effective_message
+        old, new = message.chat.id, message.migrate_to_chat_id
+        if new:
+            await asyncio.to_thread(self.runtime.connection.set, f"{MIGRATED}{old}", str(new),
+                                    ex=365 * 86_400)
 
     async def _on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -221,14 +265,21 @@ class TelegramBot:
         data = query.data or ""
         token = data[len(CALLBACK_PREFIX):] if data.startswith(CALLBACK_PREFIX) else ""
         # Answer at once: Telegram shows a spinner on the button until the query is answered.
-        await with_flood_control(lambda: query.answer())
+        with _quietly():  # "query is too old" after downtime: the press still counts
+            await with_flood_control(lambda: query.answer())
+        message = query.message if isinstance(query.message, Message) else None
+        ref = await asyncio.to_thread(self.service.action_ref, token)
+        if ref is not None and message is not None and ref.place.chat != str(message.chat.id):
+            token = ""  # a button of another chat's card: treated as expired
         place, outs = await asyncio.to_thread(self.service.action, token, _author(update),
                                               language=_language(update))
-        message = query.message if isinstance(query.message, Message) else None
         if place is None:
             if message is None:
                 return
-            place = await self._place(message, addressed=True)
+            thread = await asyncio.to_thread(self._thread_of, message.chat.id,
+                                             message.message_id)
+            place = (Place(PLATFORM, str(message.chat.id), thread) if thread
+                     else await self._place(message, addressed=True))
         force_reply = bool(outs) and token and (
             (ref := await asyncio.to_thread(self.service.action_ref, token)) is not None
             and ref.action == "edit")
@@ -256,15 +307,25 @@ class TelegramBot:
         if chat.type == "private":
             return Place(PLATFORM, str(chat.id), "")
         if message.is_topic_message and message.message_thread_id:
-            return Place(PLATFORM, str(chat.id), f"t{message.message_thread_id}")
+            # A topic is a conversation once it has a storyboard; until then only messages
+            # to the bot count (with privacy mode off, the bot sees all the chatter too).
+            topic = Place(PLATFORM, str(chat.id), f"t{message.message_thread_id}")
+            if addressed or self._mentions_bot(message) or self._replies_to_bot(message) or \
+                    await asyncio.to_thread(self.service.has_storyboard, topic):
+                return topic
+            return None
         replied = message.reply_to_message
-        if replied is not None and replied.from_user and replied.from_user.id == self.bot.id:
+        if self._replies_to_bot(message):
             thread = await asyncio.to_thread(self._thread_of, chat.id, replied.message_id)
             if thread:
                 return Place(PLATFORM, str(chat.id), thread)
         if addressed or self._mentions_bot(message):
             return Place(PLATFORM, str(chat.id), f"m{message.message_id}")
         return None
+
+    def _replies_to_bot(self, message: Message) -> bool:
+        replied = message.reply_to_message
+        return bool(replied and replied.from_user and replied.from_user.id == self.bot.id)
 
     def _mentions_bot(self, message: Message) -> bool:
         text = message.text or message.caption or ""
@@ -292,7 +353,8 @@ class TelegramBot:
     # -- sending -----------------------------------------------------------------------------
 
     def _where(self, place: Place, reply_to: Message | None) -> dict:
-        where: dict = {"chat_id": int(place.chat)}
+        moved = self.runtime.connection.get(f"{MIGRATED}{place.chat}")
+        where: dict = {"chat_id": int(moved or place.chat)}
         if place.thread.startswith("t"):
             where["message_thread_id"] = int(place.thread[1:])
         if reply_to is not None and place.thread.startswith("m"):
@@ -356,6 +418,13 @@ class TelegramBot:
             raise
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:
+        try:
+            await self._deliver(route, delivery)
+        except Forbidden:  # removed from the group, or blocked: retrying for a day won't help
+            log.warning("the bot may no longer post in chat %s; job %s's result stays in "
+                        "the library", route.place.chat, route.job_id)
+
+    async def _deliver(self, route: Route, delivery: Delivery) -> None:
         where = self._where(route.place, None)
         video = delivery.video
         text = delivery.text
@@ -393,6 +462,7 @@ class TelegramBot:
 
     async def run_polling(self, stop: asyncio.Event) -> None:
         """Long polling until `stop` is set: the usual case, no public URL needed."""
+        use_bot_executor()
         relay_stop = asyncio.Event()
         async with self.app:
             await self.register_commands()
@@ -424,8 +494,10 @@ class TelegramBot:
                 return PlainTextResponse("forbidden", status_code=403)
             try:
                 data = await request.json()
+                if not isinstance(data, dict):
+                    raise TypeError("an update is a JSON object")
                 update = Update.de_json(data, self.bot)
-            except (ValueError, TypeError, KeyError):
+            except (ValueError, TypeError, KeyError, AttributeError):
                 return PlainTextResponse("bad update", status_code=400)
             if update is None:
                 return PlainTextResponse("bad update", status_code=400)
@@ -444,6 +516,7 @@ class TelegramBot:
 
         @_contextlib.asynccontextmanager
         async def lifespan(_app):
+            use_bot_executor()
             relay_stop = asyncio.Event()
             async with self.app:
                 await self.register_commands()

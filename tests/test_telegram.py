@@ -19,6 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from bot.core import Place
 from bot.messages import COMMANDS
 from bot.runtime import build_runtime
 from bot.telegram import TelegramBot, redact_token_in_logs
@@ -481,12 +482,16 @@ def in_topic(thread: int) -> dict:
 
 def test_each_forum_topic_is_its_own_storyboard(fake, start_bot):
     start_bot()
-    photosynthesis = say_to(fake, GROUP, REQUEST, containing="version 1", **in_topic(7))
+    # Until a topic has a storyboard, only messages to the bot count (privacy mode off would
+    # otherwise turn every "good morning" into a storyboard).
+    fake.push_update(fake.text_message(GROUP, "Good morning all", **in_topic(9)))
+    photosynthesis = say_to(fake, GROUP, f"@lessonreel_bot {REQUEST}", containing="version 1",
+                            **in_topic(7))
     assert photosynthesis["message_thread_id"] == 7 and photosynthesis["is_topic_message"]
     assert fake.last_call("sendMessage").params["message_thread_id"] == 7
     assert [a.get("message_thread_id") for a in fake.chat_actions] == [7]  # typing, there
 
-    fractions = say_to(fake, GROUP, "Explain fractions to grade 4 in 30 seconds",
+    fractions = say_to(fake, GROUP, "/new Explain fractions to grade 4 in 30 seconds",
                        containing="version 1", **in_topic(8))
     assert fractions["message_thread_id"] == 8 and "fraction" in fractions["text"].lower()
 
@@ -501,6 +506,7 @@ def test_each_forum_topic_is_its_own_storyboard(fake, start_bot):
                                          if "queued" in m["text"]), None), what="queued")
     assert status["message_thread_id"] == 7 and status["text"].startswith("Version 2")
     assert len(answered(fake, go)) == 1
+    assert not [m for m in fake.bot_messages(GROUP) if m.get("message_thread_id") == 9]
 
 
 def test_in_a_plain_group_a_mention_starts_a_thread_and_replies_continue_it(fake, start_bot):
@@ -749,3 +755,64 @@ def test_typing_is_shown_for_as_long_as_the_model_works(fake, start_bot, make_ru
     typing = [call for call in fake.calls_to("sendChatAction")
               if call.params.get("chat_id") == TEACHER]
     assert len(typing) >= 3  # repeated while the turn lasted, not shown once and left to lapse
+
+
+def test_an_album_and_quick_messages_are_taken_in_the_order_sent(fake, start_bot,
+                                                                  make_runtime):
+    runtime = make_runtime()
+    start_bot(runtime)
+    say_to(fake, TEACHER, REQUEST, containing="version 1")
+    # An album arrives as three updates at once; then two edits straight after.
+    for number in (1, 2, 3):
+        fake.push_update(fake.photo_message(TEACHER, png_bytes(64 + number, 48),
+                                            caption=f"scene {number}"))
+    fake.push_update(fake.text_message(TEACHER, "delete scene 1"))
+    last = fake.text_message(TEACHER, "make scene 1 shorter")
+    fake.push_update(last)
+    reply_to(fake, last, containing="version 6")
+    texts = [m["text"] for m in fake.bot_messages(TEACHER)]
+    assert not [text for text in texts if "Someone else changed" in text]
+    assert [text.split("\n")[0] for text in texts if "will use your image" in text] == [
+        "Scene 1 will use your image.", "Scene 2 will use your image.",
+        "Scene 3 will use your image."]
+    history = runtime.service.history
+    conversation = runtime.service.conversation(Place("telegram", str(TEACHER), ""))
+    v4, v5 = history.get(conversation, 4).storyboard, history.get(conversation, 5).storyboard
+    assert v4.scenes[0].image and v5.scenes[0].id == v4.scenes[1].id  # deleted, then edited
+    v6 = history.get(conversation, 6).storyboard
+    assert v6.scenes[0].duration < v5.scenes[0].duration
+
+
+def test_a_button_pressed_long_ago_still_counts_when_its_answer_is_refused(fake, start_bot,
+                                                                         make_runtime):
+    runtime = make_runtime()
+    start_bot(runtime)
+    card = say_to(fake, TEACHER, REQUEST, containing="version 1")
+    fake.fail_next("answerCallbackQuery", error_code=400,
+                   description="Bad Request: query is too old and response timeout expired")
+    press(fake, card, "Render")
+    status = fake.wait_for(lambda: next((m for m in fake.bot_messages(TEACHER)
+                                         if "queued" in m["text"]), None), what="queued")
+    assert status["text"].startswith("Version 1 is queued")
+    assert render_queue(runtime.connection, runtime.settings).count == 1
+
+
+def test_a_group_that_became_a_supergroup_still_gets_its_result(fake, start_bot,
+                                                                make_runtime):
+    runtime = make_runtime()
+    start_bot(runtime)
+    group, supergroup = -4001, -1004001
+    card = say_to(fake, group, f"@lessonreel_bot {REQUEST}", containing="version 1",
+                  chat_type="group")
+    press(fake, card, "Preview")
+    fake.wait_for(lambda: render_queue(runtime.connection, runtime.settings).count,
+                  what="the job")
+    migrated = fake.text_message(group, "", chat_type="group")
+    migrated["message"].pop("text")
+    migrated["message"]["migrate_to_chat_id"] = supergroup
+    fake.push_update(migrated)
+    fake.wait_for(lambda: runtime.connection.get(f"lessonreel:tg:migrated:{group}"),
+                  what="the migration recorded")
+    render(runtime)
+    video = fake.wait_for(lambda: next(iter(fake.sent_videos), None), what="the preview")
+    assert video.chat_id == supergroup
