@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8080)
     serve.set_defaults(handler=_serve)
 
+    share = commands.add_parser("share", help="make or revoke a share link to a video")
+    share.add_argument("video", nargs="?", help="the video's id (its folder in the media root, "
+                       "e.g. r-1a2b3c4d5e6f)")
+    share.add_argument("--expires", help="how long the new link opens, e.g. 90m, 2h or 3d "
+                       "(default: share.link_days)")
+    share.add_argument("--revoke", metavar="LINK", help="withdraw this link (or its token); "
+                       "other links to the same video keep working")
+    share.set_defaults(handler=_share)
+
     worker = commands.add_parser("worker", help="render jobs from the queue")
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
     worker.set_defaults(handler=_worker)
@@ -167,6 +176,44 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     uvicorn.run(share_app(settings, share_secret(settings)), host=args.host, port=args.port,
                 log_level="warning")
+    return 0
+
+
+def _share(args: argparse.Namespace) -> int:
+    from engine.settings import load_settings
+    from engine.share import (
+        media_file,
+        parse_lifetime,
+        revoke,
+        share_secret,
+        share_url,
+        token_of,
+        verify,
+        video_folder,
+    )
+
+    if bool(args.video) == bool(args.revoke) or (args.revoke and args.expires):
+        raise UserError("Name a video to share ('lessonreel share r-… [--expires 2h]') or a "
+                        "link to revoke ('lessonreel share --revoke LINK'), not both.")
+    settings = load_settings()
+    secret = share_secret(settings)
+    if args.revoke:
+        link = verify(secret, token_of(args.revoke), now=0)  # an expired link may be revoked
+        if link is None:
+            raise UserError("That is not a share link made with this server's secret (or it "
+                            "was cut short); paste the whole link.")
+        if video_folder(settings, link.folder) is None:
+            raise UserError(f"The video {link.folder!r} of that link is no longer in "
+                            f"{settings.media_path}.")
+        done = revoke(settings, link)
+        print(f"Revoked: that link to {link.folder} no longer opens." if done else
+              f"That link to {link.folder} was already revoked.")
+        return 0
+    lifetime = parse_lifetime(args.expires) if args.expires else None
+    if media_file(settings, args.video, "video.mp4") is None:
+        raise UserError(f"There is no video {args.video!r} in {settings.media_path}; "
+                        "the chat's 'videos' command lists yours.")
+    print(share_url(settings, secret, args.video, expires_in=lifetime))
     return 0
 
 

@@ -4,6 +4,8 @@ A request is drafted into a storyboard, the storyboard is saved as version 1 of 
 conversation, a render job goes onto an RQ queue in Redis (embedded unless
 LESSONREEL_REDIS_URL says otherwise), a non-forking worker in this process takes it, and
 the progress bar follows the job's events in the Redis stream, as a chat bot would.
+With LESSONREEL_PUBLIC_URL set, the demo ends with a share link to the video, unless --out
+moved the files out of the media root (then it says that no link can open them).
 The job goes on a queue of its own, so a demo pointed at a school's shared Redis renders
 its own video and nobody else's.
 """
@@ -28,6 +30,7 @@ from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from engine.llm import StoryboardLLM
 from engine.presets import plan_for
 from engine.settings import load_settings
+from engine.share import share_secret, share_url
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
 from worker.text import font_file
@@ -52,6 +55,8 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     plan_for(settings, "16:9")  # so is a video model that is asked for but cannot be used
     if options.out:
         prepare_output_dir(options.out)  # refuse an unwritable --out before anything else
+    # A bad share secret is a start-up error too, not a surprise after the render.
+    secret = share_secret(settings) if settings.public_url and not options.out else None
     llm = StoryboardLLM(settings, list(styles())) if settings.llm.model_path else None
 
     connection = connect(settings)
@@ -102,6 +107,12 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     print_outputs(console, outputs)
     for note in final.notes:
         console.print(f"Note: {note}", markup=False)
+    if secret is not None:
+        console.print(f"Share link: {share_url(settings, secret, job_id)}", markup=False,
+                      soft_wrap=True)
+    elif settings.public_url:
+        console.print("No share link: --out moved the files out of the media root, which is "
+                      "the only place share links serve from.", markup=False)
     return 0
 
 

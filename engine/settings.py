@@ -109,8 +109,8 @@ class BotSettings(_Section):
 
 
 class ShareSettings(_Section):
-    # How long a share link opens, in days.
-    link_days: int = Field(30, ge=1, le=3650)
+    # How long a share link opens, in days (`lessonreel share --expires` overrides per link).
+    link_days: int = Field(7, ge=1, le=3650)
 
 
 class Settings(_Section):
