@@ -38,6 +38,7 @@ from engine.errors import UserError
 from engine.history import StoryboardHistory, StoryboardVersion
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue, request_cancel
 from engine.llm import StoryboardLLM
+from engine.moderation import ALLOWED, Policy, Verdict
 from engine.request import clean_text, detect_language
 from engine.settings import Settings
 from engine.share import share_url
@@ -51,6 +52,8 @@ DEDUPE_TTL_SECONDS = 86_400
 # Until a few renders have been timed, a queue estimate assumes this many seconds a job.
 DEFAULT_JOB_SECONDS = 60.0
 VIDEOS_KEPT = 20
+AUDIT_STREAM = "lessonreel:audit"  # what moderation blocked: who, when, which rule
+AUDIT_MAXLEN = 100_000
 # A thread's messages are taken one at a time; a turn holds the thread at most this long,
 # and a message waits at most this long for the one before it.
 TURN_LOCK_SECONDS = 600
@@ -188,6 +191,8 @@ class ChatService:
         self.dialogue = Dialogue(connection, settings, llm)  # type: ignore[arg-type]
         self.history = StoryboardHistory(connection)
         self.routes = RouteStore(connection)
+        # Students watch these videos: one policy reads what teachers send and what renders.
+        self.policy = Policy.load()
         self.queue_name: str | None = None  # None: the shared render queue
         self._waiting = 0
         self._waiting_lock = threading.Lock()
@@ -278,6 +283,13 @@ class ChatService:
         """One message, after the thread's earlier ones: two quick messages in a thread
         (platforms deliver them concurrently) must not race into a version conflict."""
         conversation = self.conversation(place)
+        # An empty or too long message gets the dialogue's answer for that instead.
+        long_or_empty = not 0 < len(text) <= self.settings.limits.max_request_chars
+        verdict = ALLOWED if long_or_empty else self.policy.check_text(text)
+        if not verdict.allowed:
+            lang = self._language(place, language, text)
+            self._audit(place, author, "message", verdict)
+            return [Out(say(lang, "blocked", category=_category(lang, verdict)), language=lang)]
         return self._in_turn(conversation, place, language, text, lambda: self._turn_in_order(
             place, conversation, text, language))
 
@@ -366,6 +378,12 @@ class ChatService:
                 version: StoryboardVersion, *, preview: bool) -> list[Out]:
         board = version.storyboard
         lang = board.language
+        problem = self._storyboard_problem(board)
+        if problem is not None:  # a model's answer or an old version: checked before any render
+            where, verdict = problem
+            self._audit(place, author, "storyboard", verdict)
+            return [Out(say(lang, "blocked_render", version=version.number, where=where,
+                            category=_category(lang, verdict)), language=lang)]
         # One render per thread at a time, however many presses and bot processes race.
         with self.redis.lock(f"{PREFIX}lock:{conversation}", timeout=30, blocking_timeout=20):
             active = self._active_job(conversation)
@@ -411,6 +429,10 @@ class ChatService:
             return self.image_too_large(place, len(data), language=lang)
         if latest is None:
             return [Out(say(lang, "image_needs_board"), language=lang)]
+        verdict = self.policy.check_text(caption or "")
+        if not verdict.allowed:
+            self._audit(place, Author(""), "caption", verdict)
+            return [Out(say(lang, "blocked", category=_category(lang, verdict)), language=lang)]
         name = self._save_image(data)
         if name is None:
             return [Out(say(lang, "image_unreadable"), language=lang)]
@@ -440,6 +462,12 @@ class ChatService:
         if not 1 <= number <= len(board.scenes):
             return [Out(say(board.language, "image_no_scene", scene=number,
                             count=len(board.scenes)), language=board.language)]
+        verdict = self.policy.check_text(f"{visual}\n{narration}")
+        if not verdict.allowed:
+            self._audit(self._place_of(conversation), Author(""), "form", verdict)
+            return [Out(say(board.language, "blocked",
+                            category=_category(board.language, verdict)),
+                        language=board.language)]
         scenes = [scene.model_dump() for scene in board.scenes]
         scenes[number - 1].update(visual=clean_text(visual), narration=clean_text(narration))
         if seconds is not None:
@@ -494,6 +522,28 @@ class ChatService:
         return Out("\n".join(lines), language=lang)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _storyboard_problem(self, board: Storyboard) -> tuple[str, Verdict] | None:
+        """Where a storyboard breaks the policy ("scene 3"), and how; None when it does not."""
+        verdict = self.policy.check_storyboard(board)
+        if verdict.allowed:
+            return None
+        zh = board.language == "zh"
+        for number, scene in enumerate(board.scenes, start=1):
+            fields = (scene.visual, scene.narration, scene.on_screen_text or "")
+            if not self.policy.check_text("\n".join(fields)).allowed:
+                return (f"场景 {number}" if zh else f"scene {number}"), verdict
+        return ("标题" if zh else "the title"), verdict
+
+    def _audit(self, place: Place | None, author: Author, where: str, verdict: Verdict) -> None:
+        """Who, when and which rule: never the text, which may hold a student's data."""
+        self.redis.xadd(AUDIT_STREAM, {
+            "at": f"{time.time():.0f}", "platform": place.platform if place else "",
+            "thread": place.key if place else "", "author": author.id, "where": where,
+            "category": verdict.category or "", "rule": verdict.rule or ""},
+            maxlen=AUDIT_MAXLEN, approximate=True)
+        log.info("moderation: %s blocked (%s, rule %s) in %s", where, verdict.category,
+                 verdict.rule, place.key if place else "?")
 
     def _guarded(self, place: Place | None, language: str | None, text: str, work) -> list[Out]:
         """Run a turn; a UserError becomes its sentence, anything else a polite apology."""
@@ -674,6 +724,10 @@ def _job_is_live(connection: redis.Redis, job_id: str) -> bool:
         return False
     return job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED,
                                 JobStatus.SCHEDULED)
+
+
+def _category(lang: str, verdict: Verdict) -> str:
+    return say(lang, f"category_{verdict.category}") if verdict.category else ""
 
 
 def job_seconds(connection: redis.Redis) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bot.messages import say
 from bot.terminal import RenderProgress, print_outputs, storyboard_table
 from engine.connection import connect
 from engine.dialogue import Dialogue
@@ -28,7 +29,9 @@ from engine.errors import RequestError
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from engine.llm import StoryboardLLM
+from engine.moderation import Policy, Verdict
 from engine.presets import plan_for
+from engine.request import detect_language
 from engine.settings import load_settings
 from engine.share import share_secret, share_url
 from worker.render import prepare_output_dir
@@ -58,6 +61,9 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     # A bad share secret is a start-up error too, not a surprise after the render.
     secret = share_secret(settings) if settings.public_url and not options.out else None
     llm = StoryboardLLM(settings, list(styles())) if settings.llm.model_path else None
+    policy = Policy.load()
+    _check(policy.check_text(options.request), options.language or
+           detect_language(options.request))
 
     connection = connect(settings)
     job_id = new_job_id()
@@ -67,6 +73,7 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     if reply.storyboard is None:
         raise RequestError(reply.message)
     storyboard, version = reply.storyboard, reply.version
+    _check(policy.check_storyboard(storyboard), storyboard.language)  # a model's answer too
     console.print(storyboard_table(storyboard))
     console.print(reply.text, markup=False)
 
@@ -114,6 +121,13 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
         console.print("No share link: --out moved the files out of the media root, which is "
                       "the only place share links serve from.", markup=False)
     return 0
+
+
+def _check(verdict: Verdict, language: str) -> None:
+    """The same policy as in chat: a request or storyboard unsuitable for students stops here."""
+    if not verdict.allowed:
+        category = say(language, f"category_{verdict.category}")
+        raise RequestError(say(language, "blocked", category=category))
 
 
 def move_outputs(outputs: dict[str, Path], destination: Path) -> dict[str, Path]:

@@ -13,6 +13,15 @@ SAY: dict[str, dict[str, str]] = {
                      "queue"),
         "new_started": "Started a new storyboard here; tell me what video to make.",
         "working": "Working on it…",
+        "blocked": ("I can't make that: it touches on {category}, which is not suitable for "
+                    "a lesson video for students. Please change the request and try again."),
+        "blocked_render": ("I can't render version {version}: {where} touches on {category}, "
+                           "which is not suitable for students. Change it and try again."),
+        "category_violence": "violence",
+        "category_sexual": "sexual content",
+        "category_self_harm": "self-harm",
+        "category_hate": "hate",
+        "category_personal_data": "a student's personal data",
         "thread_busy": ("I am still working on an earlier message in this thread; please send "
                         "this one again in a minute."),
         "nothing_yet": "There is no storyboard here yet; tell me what video to make.",
@@ -88,6 +97,14 @@ SAY: dict[str, dict[str, str]] = {
         "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
         "new_started": "已在这里新建分镜；请说说要做什么视频。",
         "working": "正在处理…",
+        "blocked": "无法制作：内容涉及{category}，不适合给学生的教学视频。请修改要求后再试。",
+        "blocked_render": ("无法渲染第 {version} 版：{where}涉及{category}，不适合学生。"
+                           "请修改后再试。"),
+        "category_violence": "暴力",
+        "category_sexual": "色情内容",
+        "category_self_harm": "自我伤害",
+        "category_hate": "仇恨",
+        "category_personal_data": "学生的个人信息",
         "thread_busy": "我还在处理这个话题里之前的消息；请一分钟后再发一次。",
         "nothing_yet": "这里还没有分镜；请说说要做什么视频。",
         "stale_button": "这个按钮已失效。输入“查看”可看到当前分镜。",

@@ -513,3 +513,44 @@ def test_quick_messages_in_one_thread_are_taken_in_turn_not_refused(service):
         thread.join()
     versions = sorted(outs[0].card.version for outs in answers if outs[0].card)
     assert versions == [2, 3, 4, 5, 6, 7], [outs[0].text for outs in answers]
+
+
+# -- moderation ------------------------------------------------------------------------------
+
+
+def test_an_unsafe_request_is_refused_naming_why_and_audited_without_its_text(service,
+                                                                             runtime):
+    unsafe = "Make a video showing how to hurt yourself with a knife"
+    [refused] = service.message(place(), TEACHER, unsafe)
+    assert "self-harm" in refused.text and refused.card is None
+    assert service.history.latest(service.conversation(place())) is None  # nothing drafted
+    [entry] = runtime.connection.xrange("lessonreel:audit")[-1:]
+    record = {k.decode(): v.decode() for k, v in entry[1].items()}
+    assert record["category"] == "self_harm" and record["author"] == "U1"
+    assert record["where"] == "message" and record["rule"]
+    assert "knife" not in str(record) and "hurt" not in str(record)
+    [zh] = service.message(place("zh"), TEACHER, "做一个教人自杀方法的视频")
+    assert "自我伤害" in zh.text
+
+
+def test_a_storyboard_that_turned_unsafe_is_not_rendered(service, runtime):
+    [card] = service.message(place(), TEACHER, REQUEST)
+    conversation = service.conversation(place())
+    board = card.card.storyboard
+    scenes = [scene.model_dump() for scene in board.scenes]
+    scenes[1]["narration"] = "Then the soldiers massacre the villagers with knives, in detail."
+    service.history.append(conversation, board.revise(scenes=scenes), "a model's answer",
+                           after=1)
+    [refused] = service.message(place(), TEACHER, "render")
+    assert refused.follows_job is None and "scene 2" in refused.text
+    assert "violence" in refused.text
+    assert render_queue(runtime.connection, runtime.settings).count == 0
+
+
+def test_ordinary_lessons_on_sensitive_curriculum_pass(service):
+    for number, request in enumerate([
+            "Explain the human reproductive system to grade 8 in 45 seconds",
+            "The Battle of Hastings for grade 6 in 30 seconds",
+            "用30秒给初三学生讲解燃烧反应"]):
+        [card] = service.message(place(f"ok{number}"), TEACHER, request)
+        assert card.card is not None, card.text
