@@ -88,6 +88,8 @@ class Place:
 class Author:
     id: str
     name: str = ""
+    # Groups the author speaks from, for roles: "slack-team:T1", "telegram-chat:-100…".
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -212,11 +214,16 @@ class ChatService:
             if detect_language(text) == "zh":  # "帮助": answer in Chinese
                 language = "zh"
             return self.command(place, author, *command, language=language)
+        if (refusal := self._refuse_non_teacher(place, author, language, text)) is not None:
+            return refusal
         return self._guarded(place, language, text, lambda: self._turn(place, author, text,
                                                                        language))
 
     def command(self, place: Place, author: Author, name: str, argument: str = "", *,
                 language: str | None = None) -> list[Out]:
+        if name != "help" and (refusal := self._refuse_non_teacher(
+                place, author, language, argument)) is not None:
+            return refusal
         return self._guarded(place, language, argument,
                              lambda: self._command(place, author, name, argument, language))
 
@@ -226,6 +233,8 @@ class ChatService:
         ref = self._action_ref(token)
         if ref is None:
             return None, [Out(say(language or "en", "stale_button"), language=language or "en")]
+        if (refusal := self._refuse_non_teacher(ref.place, author, language, "")) is not None:
+            return ref.place, refusal
         return ref.place, self._guarded(ref.place, language, "",
                                         lambda: self._act(ref, author, language))
 
@@ -235,6 +244,8 @@ class ChatService:
     def image(self, place: Place, author: Author, data: bytes, *, caption: str = "",
               language: str | None = None) -> list[Out]:
         """An image sent in the thread: it becomes a scene's image for image-to-video."""
+        if (refusal := self._refuse_non_teacher(place, author, language, caption)) is not None:
+            return refusal
         conversation = self.conversation(place)
         return self._guarded(place, language, caption, lambda: self._in_turn(
             conversation, place, language, caption,
@@ -253,10 +264,13 @@ class ChatService:
         return [Out(say(lang, "unsupported_file", name=name[:80]), language=lang)]
 
     def edit_scene(self, conversation: str, version: int, number: int, *, visual: str,
-                   narration: str, seconds: int | None, language: str | None = None
-                   ) -> list[Out]:
+                   narration: str, seconds: int | None, language: str | None = None,
+                   author: Author | None = None) -> list[Out]:
         """A scene edited in a form (Slack's modal): applied to the version the form showed."""
         place = self._place_of(conversation)
+        if author is not None and place is not None and (refusal := self._refuse_non_teacher(
+                place, author, language, "")) is not None:
+            return refusal
         return self._guarded(place, language, "", lambda: self._in_turn(
             conversation, place, language, "", lambda: self._edit_scene(
                 conversation, version, number, visual, narration, seconds)))
@@ -344,7 +358,16 @@ class ChatService:
         if name == "videos":
             return [self._videos(place.platform, author, lang)]
         if name == "queue":
+            if self.role_of(place, author) == "admin":
+                return [self._queue_status(conversation, lang), self._whole_queue(lang)]
             return [self._queue_status(conversation, lang)]
+        if name == "cancel" and re.fullmatch(r"r-[0-9a-f]{12}", argument.strip()) and \
+                self.role_of(place, author) == "admin":
+            route = self.routes.get(argument.strip())
+            if route is None or not _job_is_live(self.redis, route.job_id):
+                return [Out(say(lang, "nothing_to_cancel"), language=lang)]
+            request_cancel(self.redis, self.settings, route.job_id)
+            return [Out(say(lang, "cancel_sent", version=route.version), language=lang)]
         latest = self.history.latest(conversation)
         if latest is None:
             return [Out(say(lang, "nothing_yet"), language=lang)]
@@ -392,6 +415,11 @@ class ChatService:
             queue = render_queue(self.redis, self.settings, self.queue_name)
             if queue.count >= self.settings.bot.max_queued_jobs:
                 return [Out(say(lang, "queue_full", queued=queue.count), language=lang)]
+            mine = self._active_jobs_of(place.platform, author)
+            limit = self.settings.bot.max_active_jobs_per_teacher
+            if len(mine) >= limit and self.role_of(place, author) != "admin":
+                return [Out(say(lang, "too_many_jobs", count=len(mine), limit=limit),
+                            language=lang)]
             job_id = new_job_id()
             self.routes.save(Route(
                 job_id=job_id, place=place, conversation=conversation, version=version.number,
@@ -401,6 +429,7 @@ class ChatService:
             spec = RenderSpec(job_id=job_id, conversation=conversation, version=version.number,
                               storyboard=board, output=job_id, animatic=preview)
             enqueue_render(self.redis, self.settings, spec, queue=queue)
+            self.redis.sadd(f"{PREFIX}active-by:{place.platform}:{author.id}", job_id)
             # Kept while the job may still wait or run (a full queue of longest jobs); a
             # job that ended unseen frees the thread anyway (_active_job checks RQ).
             queue_settings = self.settings.queue
@@ -509,6 +538,19 @@ class ChatService:
             lines.append(say(lang, "queue_empty"))
         return Out("\n".join(lines), language=lang)
 
+    def _whole_queue(self, lang: str) -> Out:
+        """For admins: every render waiting or running, whose, and its id to cancel it by."""
+        queue = render_queue(self.redis, self.settings)
+        running = queue.started_job_registry.get_job_ids()
+        lines = []
+        for state, ids in (("▶", running), ("…", queue.job_ids)):
+            for job_id in ids:
+                route = self.routes.get(job_id)
+                if route is not None:
+                    lines.append(f"{state} {job_id} · {route.place.platform} · {route.author} · "
+                                 f"“{route.title}” v{route.version}")
+        return Out("\n".join(lines) or say(lang, "queue_empty"), language=lang)
+
     def _videos(self, platform: str, author: Author, lang: str) -> Out:
         raw = self.redis.lrange(f"{PREFIX}videos:{platform}:{author.id}", 0, VIDEOS_KEPT - 1)
         if not raw:
@@ -522,6 +564,25 @@ class ChatService:
         return Out("\n".join(lines), language=lang)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def role_of(self, place: Place, author: Author) -> str:
+        """"admin", "teacher" or "student", from the [roles] settings."""
+        roles = self.settings.roles
+        ids = {f"{place.platform}:{author.id}", *author.groups}
+        if ids & set(roles.admins):
+            return "admin"
+        if ids & set(roles.students):
+            return "student"
+        if not roles.teachers or ids & set(roles.teachers):
+            return "teacher"
+        return "student"
+
+    def _refuse_non_teacher(self, place: Place, author: Author, language: str | None,
+                            text: str) -> list[Out] | None:
+        if self.role_of(place, author) != "student":
+            return None
+        lang = self._language(place, language, text)
+        return [Out(say(lang, "students_only_watch"), language=lang)]
 
     def _storyboard_problem(self, board: Storyboard) -> tuple[str, Verdict] | None:
         """Where a storyboard breaks the policy ("scene 3"), and how; None when it does not."""
@@ -615,6 +676,18 @@ class ChatService:
     def _place_of(self, conversation: str) -> Place | None:
         raw = self.redis.get(f"{PREFIX}place:{conversation}")
         return Place.from_json(raw) if raw else None
+
+    def _active_jobs_of(self, platform: str, author: Author) -> list[str]:
+        """The teacher's renders still waiting or running (finished ones are dropped here)."""
+        key = f"{PREFIX}active-by:{platform}:{author.id}"
+        live = []
+        for raw in self.redis.smembers(key):
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            if _job_is_live(self.redis, job_id):
+                live.append(job_id)
+            else:
+                self.redis.srem(key, job_id)
+        return live
 
     def _active_job(self, conversation: str) -> Route | None:
         job_id = self.redis.get(f"{PREFIX}active:{conversation}")

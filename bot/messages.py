@@ -13,6 +13,10 @@ SAY: dict[str, dict[str, str]] = {
                      "queue"),
         "new_started": "Started a new storyboard here; tell me what video to make.",
         "working": "Working on it…",
+        "students_only_watch": ("Videos are made by teachers here; you can watch the ones they "
+                                "share with you through their links."),
+        "too_many_jobs": ("You already have {count} videos waiting or rendering; the limit is "
+                          "{limit}. The next one can go when one of them is done."),
         "blocked": ("I can't make that: it touches on {category}, which is not suitable for "
                     "a lesson video for students. Please change the request and try again."),
         "blocked_render": ("I can't render version {version}: {where} touches on {category}, "
@@ -97,6 +101,9 @@ SAY: dict[str, dict[str, str]] = {
         "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
         "new_started": "已在这里新建分镜；请说说要做什么视频。",
         "working": "正在处理…",
+        "students_only_watch": "这里的视频由老师制作；你可以通过老师分享的链接观看。",
+        "too_many_jobs": ("你已有 {count} 个视频在排队或渲染，上限是 {limit} 个。"
+                          "等其中一个完成后再试。"),
         "blocked": "无法制作：内容涉及{category}，不适合给学生的教学视频。请修改要求后再试。",
         "blocked_render": ("无法渲染第 {version} 版：{where}涉及{category}，不适合学生。"
                            "请修改后再试。"),

@@ -308,6 +308,7 @@ class EventRelay:
         active = f"{PREFIX}active:{route.conversation}"
         if self.redis.get(active) == route.job_id.encode():
             self.redis.delete(active)
+        self.redis.srem(f"{PREFIX}active-by:{route.place.platform}:{route.author}", route.job_id)
         if event.kind != "finished" or not self.redis.set(
                 f"{PREFIX}recorded:{route.job_id}", "1", nx=True, ex=DELIVERED_TTL_SECONDS):
             return

@@ -276,25 +276,26 @@ class SlackBot:
                 return (value.get("selected_option") or {}).get("value", "")
             return value.get("value") or ""
 
-        outs = await asyncio.to_thread(self._edit_from_form, ref, int(shown), field)
+        author = _author(body.get("user", {}))
+        outs = await asyncio.to_thread(self._edit_from_form, ref, int(shown), field, author)
         await self._post(ref.place, outs)
 
-    def _edit_from_form(self, ref, shown: int, field) -> list[Out]:
+    def _edit_from_form(self, ref, shown: int, field, author: Author) -> list[Out]:
         scene_field = field("scene")
         number = int(scene_field) if scene_field.isdigit() else 1
         try:
             version = self.service.history.get(ref.conversation, shown)
         except UserError:
-            return self.service.message(ref.place, Author(""), "show")
+            return self.service.message(ref.place, author, "show")
         if not 1 <= number <= len(version.storyboard.scenes):
-            return self.service.message(ref.place, Author(""), "show")
+            return self.service.message(ref.place, author, "show")
         scene = version.storyboard.scenes[number - 1]
         seconds = field("seconds").strip()
         return self.service.edit_scene(
             ref.conversation, shown, number,
             visual=field("visual").strip() or scene.visual,
             narration=field("narration").strip() or scene.narration,
-            seconds=int(seconds) if seconds.isdigit() else None)
+            seconds=int(seconds) if seconds.isdigit() else None, author=author)
 
     async def _on_command(self, ack, body: dict, respond) -> None:
         await ack()
@@ -312,7 +313,7 @@ class SlackBot:
         channel, user = body.get("channel_id", ""), body.get("user_id", "")
         text = readable(body.get("text") or "").strip()
         name = text.partition(" ")[0]
-        author = Author(user, body.get("user_name", ""))
+        author = Author(user, body.get("user_name", ""), _team(body.get("team_id")))
         last = f"lessonreel:slack:last:{channel}:{user}"
         remembered = await asyncio.to_thread(self.runtime.connection.get, last)
         if name.lower() in ("new", "新建") or not remembered:
@@ -336,7 +337,7 @@ class SlackBot:
 
     async def _converse(self, event: dict, text: str) -> None:
         place = self._place(event)
-        author = Author(event.get("user", ""))
+        author = Author(event.get("user", ""), groups=_team(event.get("team")))
         await self._remember_thread(place, author)
         placeholder = None
         if self.service.llm is not None and parse_command(text) is None:
@@ -350,7 +351,7 @@ class SlackBot:
 
     async def _files(self, event: dict) -> None:
         place = self._place(event)
-        author = Author(event.get("user", ""))
+        author = Author(event.get("user", ""), groups=_team(event.get("team")))
         for item in event.get("files", [])[:4]:
             name = item.get("name") or "file"
             url = item.get("url_private_download") or item.get("url_private")
@@ -550,4 +551,10 @@ async def socket_mode(bot: SlackBot, app_token: str, *,
 
 
 def _author(user: dict) -> Author:
-    return Author(user.get("id", ""), user.get("name") or user.get("username") or "")
+    return Author(user.get("id", ""), user.get("name") or user.get("username") or "",
+                  _team(user.get("team_id")))
+
+
+def _team(team_id: str | None) -> tuple[str, ...]:
+    """The workspace as a roles group ("slack-team:T…")."""
+    return (f"slack-team:{team_id}",) if team_id else ()

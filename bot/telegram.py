@@ -575,8 +575,9 @@ class _quietly:
 
 
 def _author(update: Update) -> Author:
-    user = update.effective_user
-    return Author(str(user.id), user.full_name) if user else Author("")
+    user, chat = update.effective_user, update.effective_chat
+    groups = (f"telegram-chat:{chat.id}",) if chat else ()
+    return Author(str(user.id), user.full_name, groups) if user else Author("", "", groups)
 
 
 def _fit(text: str, limit: int) -> str:

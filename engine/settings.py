@@ -13,10 +13,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from engine.errors import SettingsError
@@ -106,6 +106,28 @@ class BotSettings(_Section):
     slack_upload_mb: int = Field(100, ge=1, le=1000)
     # Conversations allowed to wait for the language model before "busy" is answered.
     llm_max_waiting: int = Field(4, ge=0, le=1000)
+    # Renders one teacher may have waiting or running at once.
+    max_active_jobs_per_teacher: int = Field(3, ge=1, le=1000)
+
+
+Identity = Annotated[str, Field(pattern=r"^(slack|slack-team|telegram|telegram-chat|console):"
+                                         r"[A-Za-z0-9_.\-*]{1,64}$")]
+
+
+class RolesSettings(_Section):
+    # Who may do what, by platform identity (see config/default.toml). With no teachers
+    # listed, everyone who is not a student is a teacher.
+    admins: list[Identity] = Field(default_factory=list, max_length=10_000)
+    teachers: list[Identity] = Field(default_factory=list, max_length=10_000)
+    students: list[Identity] = Field(default_factory=list, max_length=10_000)
+
+    @field_validator("admins", "teachers", "students", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """From the environment a list is a comma-separated string."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 class ShareSettings(_Section):
@@ -126,6 +148,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     bot: BotSettings = BotSettings()
     share: ShareSettings = ShareSettings()
+    roles: RolesSettings = RolesSettings()
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:

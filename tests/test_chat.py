@@ -554,3 +554,54 @@ def test_ordinary_lessons_on_sensitive_curriculum_pass(service):
             "用30秒给初三学生讲解燃烧反应"]):
         [card] = service.message(place(f"ok{number}"), TEACHER, request)
         assert card.card is not None, card.text
+
+
+# -- roles and quotas ----------------------------------------------------------------------
+
+
+def _with(service, **changes):
+    settings = service.settings
+    for section, values in changes.items():
+        settings = settings.model_copy(update={section: getattr(settings, section).model_copy(
+            update=values)})
+    service.settings = settings
+    return service
+
+
+def test_students_may_only_watch_and_admins_see_and_cancel_everything(service, runtime):
+    _with(service, roles={"admins": ["test:A1"], "students": ["test:S1"],
+                          "teachers": ["test:U1", "slack-team:T9"]})
+    [refused] = service.message(place("s"), Author("S1"), REQUEST)
+    assert "watch" in refused.text and refused.card is None
+    [also] = service.message(place("s"), Author("S1"), "render")
+    assert "watch" in also.text
+    [helped] = service.message(place("s"), Author("S1"), "help")
+    assert "Commands" in helped.text
+    [stranger] = service.message(place("x"), Author("X9"), REQUEST)  # not on any list
+    assert "watch" in stranger.text
+    [member] = service.message(place("w"), Author("W1", groups=("slack-team:T9",)), REQUEST)
+    assert member.card is not None  # a teacher by their workspace
+    [card] = service.message(place(), TEACHER, REQUEST)
+    _thread, [pressed] = service.action(card.card.buttons[0].token, Author("S1"))
+    assert "watch" in pressed.text  # a student pressing a teacher's button
+    [queued] = service.message(place(), TEACHER, "render")
+    job = queued.follows_job
+    [_own, everything] = service.message(place("admin"), Author("A1"), "queue")
+    assert job in everything.text and "U1" in everything.text
+    [cancelled] = service.message(place("admin"), Author("A1"), f"/cancel {job}")
+    assert "Cancelling" in cancelled.text
+    assert render_queue(runtime.connection, runtime.settings).count == 0
+
+
+def test_a_teacher_over_the_active_render_limit_is_told_how_it_frees(service):
+    _with(service, bot={"max_active_jobs_per_teacher": 2})
+    for thread in ("a", "b", "c"):
+        service.message(place(thread), TEACHER, REQUEST)
+    first = service.message(place("a"), TEACHER, "render")[0]
+    second = service.message(place("b"), TEACHER, "render")[0]
+    [third] = service.message(place("c"), TEACHER, "render")
+    assert first.follows_job and second.follows_job and third.follows_job is None
+    assert "already have 2 videos" in third.text and "limit is 2" in third.text
+    service.message(place("a"), TEACHER, "cancel")
+    [now] = service.message(place("c"), TEACHER, "render")
+    assert now.follows_job  # the cancelled one no longer counts

@@ -816,3 +816,12 @@ def test_a_group_that_became_a_supergroup_still_gets_its_result(fake, start_bot,
     render(runtime)
     video = fake.wait_for(lambda: next(iter(fake.sent_videos), None), what="the preview")
     assert video.chat_id == supergroup
+
+
+def test_a_chat_of_students_may_only_watch(fake, start_bot, make_runtime, monkeypatch):
+    monkeypatch.setenv("LESSONREEL_ROLES__STUDENTS", f"telegram-chat:{TEACHER + 1}")
+    start_bot(make_runtime())
+    refused = say_to(fake, TEACHER + 1, REQUEST, containing="watch", user_id=TEACHER + 1)
+    assert "Videos are made by teachers" in refused["text"]
+    card = say_to(fake, TEACHER, REQUEST, containing="version 1")  # another chat: a teacher
+    assert buttons(card)
