@@ -415,6 +415,9 @@ class ChatService:
             queue = render_queue(self.redis, self.settings, self.queue_name)
             if queue.count >= self.settings.bot.max_queued_jobs:
                 return [Out(say(lang, "queue_full", queued=queue.count), language=lang)]
+            refusal = None if preview else self._over_daily_quota(place, author, lang)
+            if refusal is not None:
+                return [refusal]
             mine = self._active_jobs_of(place.platform, author)
             limit = self.settings.bot.max_active_jobs_per_teacher
             if len(mine) >= limit and self.role_of(place, author) != "admin":
@@ -677,6 +680,21 @@ class ChatService:
         raw = self.redis.get(f"{PREFIX}place:{conversation}")
         return Place.from_json(raw) if raw else None
 
+    def _over_daily_quota(self, place: Place, author: Author, lang: str) -> Out | None:
+        """Render time is shared: a teacher's successful renders today count against
+        bot.render_minutes_per_day (previews, on the CPU, do not)."""
+        limit = self.settings.bot.render_minutes_per_day
+        if not limit or self.role_of(place, author) == "admin":
+            return None
+        used = float(self.redis.get(gpu_seconds_key(place.platform, author.id, time.time()))
+                     or 0)
+        if used < limit * 60:
+            return None
+        midnight = _next_midnight(time.time())
+        resets = time.strftime("%H:%M", time.localtime(midnight))
+        return Out(say(lang, "quota_used", used=round(used / 60), limit=limit, resets=resets,
+                       hours=max(round((midnight - time.time()) / 3600), 1)), language=lang)
+
     def _active_jobs_of(self, platform: str, author: Author) -> list[str]:
         """The teacher's renders still waiting or running (finished ones are dropped here)."""
         key = f"{PREFIX}active-by:{platform}:{author.id}"
@@ -801,6 +819,17 @@ def _job_is_live(connection: redis.Redis, job_id: str) -> bool:
 
 def _category(lang: str, verdict: Verdict) -> str:
     return say(lang, f"category_{verdict.category}") if verdict.category else ""
+
+
+def gpu_seconds_key(platform: str, author: str, at: float) -> str:
+    """Render seconds a teacher used on the (server's local) day of `at`."""
+    day = time.strftime("%Y-%m-%d", time.localtime(at))
+    return f"{PREFIX}render-seconds:{platform}:{author}:{day}"
+
+
+def _next_midnight(now: float) -> float:
+    day = time.localtime(now)
+    return time.mktime((day.tm_year, day.tm_mon, day.tm_mday + 1, 0, 0, 0, 0, 0, -1))
 
 
 def job_seconds(connection: redis.Redis) -> float:

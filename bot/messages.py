@@ -13,6 +13,8 @@ SAY: dict[str, dict[str, str]] = {
                      "queue"),
         "new_started": "Started a new storyboard here; tell me what video to make.",
         "working": "Working on it…",
+        "quota_used": ("You have used {used} of your {limit} render minutes for today; the "
+                       "quota resets at {resets} (in about {hours} h). Previews still work."),
         "students_only_watch": ("Videos are made by teachers here; you can watch the ones they "
                                 "share with you through their links."),
         "too_many_jobs": ("You already have {count} videos waiting or rendering; the limit is "
@@ -101,6 +103,8 @@ SAY: dict[str, dict[str, str]] = {
         "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
         "new_started": "已在这里新建分镜；请说说要做什么视频。",
         "working": "正在处理…",
+        "quota_used": ("你今天已用 {used} 分钟渲染时间，上限 {limit} 分钟；配额将在 {resets}"
+                       "（约 {hours} 小时后）重置。预览仍可使用。"),
         "students_only_watch": "这里的视频由老师制作；你可以通过老师分享的链接观看。",
         "too_many_jobs": ("你已有 {count} 个视频在排队或渲染，上限是 {limit} 个。"
                           "等其中一个完成后再试。"),

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import redis
 
-from bot.core import PREFIX, Route, RouteStore, job_seconds, queued_text
+from bot.core import PREFIX, Route, RouteStore, gpu_seconds_key, job_seconds, queued_text
 from bot.messages import say
 from engine.events import STREAM, RenderEvent
 from engine.jobs import render_queue
@@ -323,6 +323,10 @@ class EventRelay:
             mean = seconds if old is None else (
                 STATS_WEIGHT * seconds + (1 - STATS_WEIGHT) * float(old))
             self.redis.set(f"{PREFIX}stats:job_seconds", f"{mean:.2f}")
+            # Charged to the teacher's day only now, for a render that succeeded.
+            key = gpu_seconds_key(route.place.platform, route.author, event.at)
+            self.redis.incrbyfloat(key, seconds)
+            self.redis.expire(key, 3 * 86_400)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -108,6 +108,8 @@ class BotSettings(_Section):
     llm_max_waiting: int = Field(4, ge=0, le=1000)
     # Renders one teacher may have waiting or running at once.
     max_active_jobs_per_teacher: int = Field(3, ge=1, le=1000)
+    # Minutes of successful rendering each teacher may use per day (0: no limit).
+    render_minutes_per_day: int = Field(120, ge=0, le=1440)
 
 
 Identity = Annotated[str, Field(pattern=r"^(slack|slack-team|telegram|telegram-chat|console):"

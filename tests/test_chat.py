@@ -605,3 +605,33 @@ def test_a_teacher_over_the_active_render_limit_is_told_how_it_frees(service):
     service.message(place("a"), TEACHER, "cancel")
     [now] = service.message(place("c"), TEACHER, "render")
     assert now.follows_job  # the cancelled one no longer counts
+
+
+def test_a_teacher_over_the_daily_render_time_is_told_when_it_resets(service, runtime):
+    _with(service, bot={"render_minutes_per_day": 2})
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    service.message(place("a"), TEACHER, REQUEST)
+    [queued] = service.message(place("a"), TEACHER, "render")
+    events = EventLog(runtime.connection)
+    now = time.time()
+    # A failed render costs nothing …
+    events.publish(RenderEvent(job_id=queued.follows_job, kind="started", at=now - 500))
+    events.publish(RenderEvent(job_id=queued.follows_job, kind="failed", message="x", at=now))
+    drain(relay_)
+    [again] = service.message(place("a"), TEACHER, "render")
+    assert again.follows_job
+    # … a successful one of 150 s uses the 2 minutes up.
+    events.publish(RenderEvent(job_id=again.follows_job, kind="started", at=now - 150))
+    events.publish(RenderEvent(job_id=again.follows_job, kind="finished", at=now))
+    drain(relay_)
+    [refused] = service.message(place("a"), TEACHER, "render")
+    assert refused.follows_job is None
+    assert "used 2 of your 2 render minutes" in refused.text and "resets at 00:00" in \
+        refused.text
+    [preview] = service.message(place("a"), TEACHER, "preview")
+    assert preview.follows_job  # previews run on the CPU and stay free
+    [other] = service.message(place("b"), Author("U2"), REQUEST)
+    assert other.card is not None
+    [theirs] = service.message(place("b"), Author("U2"), "render")
+    assert theirs.follows_job  # another teacher's quota is their own
