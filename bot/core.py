@@ -41,7 +41,7 @@ from engine.llm import StoryboardLLM
 from engine.moderation import ALLOWED, Policy, Verdict
 from engine.request import clean_text, detect_language
 from engine.settings import Settings
-from engine.share import share_url
+from engine.share import media_file, revoke, share_url, token_of, verify
 from engine.storyboard import Storyboard, format_seconds
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,8 @@ class ChatService:
                             commands=say(lang, "commands")), language=lang)]
         if name == "videos":
             return [self._videos(place.platform, author, lang)]
+        if name in ("link", "revoke", "remix"):
+            return self._library(place, author, name, argument.strip(), lang)
         if name == "queue":
             if self.role_of(place, author) == "admin":
                 return [self._queue_status(conversation, lang), self._whole_queue(lang)]
@@ -541,6 +543,53 @@ class ChatService:
             lines.append(say(lang, "queue_empty"))
         return Out("\n".join(lines), language=lang)
 
+    def _library(self, place: Place, author: Author, name: str, argument: str,
+                 lang: str) -> list[Out]:
+        """A teacher's past videos: a new link, a link withdrawn, a storyboard remixed."""
+        if not argument:
+            example = "https://…/v/…" if name == "revoke" else "r-1a2b3c4d5e6f"
+            return [Out(say(lang, "needs_argument", name=name, example=example), language=lang)]
+        if name == "revoke":
+            link = verify(self.share_secret, token_of(argument))
+            if link is None:
+                return [Out(say(lang, "bad_link"), language=lang)]
+            if self._own_video(place, author, link.folder) is None:
+                return [Out(say(lang, "not_your_video", video=link.folder), language=lang)]
+            key = "revoked" if revoke(self.settings, link) else "revoked_already"
+            return [Out(say(lang, key), language=lang)]
+        video = self._own_video(place, author, argument)
+        if video is None:
+            return [Out(say(lang, "not_your_video", video=argument[:40]), language=lang)]
+        if name == "link":
+            url = share_url(self.settings, self.share_secret, video["folder"])
+            return [Out(say(lang, "new_link", title=video["title"],
+                            days=self.settings.share.link_days, url=url), language=lang)]
+        saved = media_file(self.settings, video["folder"], "storyboard.json")
+        if saved is None:
+            return [Out(say(lang, "not_your_video", video=argument[:40]), language=lang)]
+        board = Storyboard.model_validate_json(saved.read_text(encoding="utf-8"))
+        self.redis.incr(f"{PREFIX}thread:{place.key}")  # a new storyboard in this thread
+        conversation = self.conversation(place)
+        number = self.history.append(conversation, board, f"remixed from {video['folder']}",
+                                     after=0)
+        intro = say(lang, "remixed", title=video["title"], video=video["folder"])
+        return [self._card_out(place, self.history.get(conversation, number), intro=intro)]
+
+    def _own_video(self, place: Place, author: Author, folder: str) -> dict | None:
+        """The library record of `folder` if it is this teacher's (any, for an admin)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", folder):
+            return None
+        lists = [f"{PREFIX}videos:{place.platform}:{author.id}"]
+        if self.role_of(place, author) == "admin":
+            lists = [key.decode() if isinstance(key, bytes) else key
+                     for key in self.redis.scan_iter(f"{PREFIX}videos:*")]
+        for key in lists:
+            for raw in self.redis.lrange(key, 0, VIDEOS_KEPT - 1):
+                video = json.loads(raw)
+                if video["folder"] == folder:
+                    return video
+        return None
+
     def _whole_queue(self, lang: str) -> Out:
         """For admins: every render waiting or running, whose, and its id to cancel it by."""
         queue = render_queue(self.redis, self.settings)
@@ -563,7 +612,8 @@ class ChatService:
             video = json.loads(item)
             day = time.strftime("%Y-%m-%d", time.localtime(video["at"]))
             url = share_url(self.settings, self.share_secret, video["folder"])
-            lines.append(f"• {video['title']} ({video['total']}, {day}): {url}")
+            lines.append(f"• {video['title']} ({video['total']}, {day}, {video['folder']}): "
+                         f"{url}")
         return Out("\n".join(lines), language=lang)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -795,6 +845,10 @@ def parse_command(text: str) -> tuple[str, str] | None:
     if name == "new" and rest.lower() in ("storyboard", "分镜"):
         rest = ""
     if slash or not rest:  # "new seed for scene 2" is an edit, not a command
+        return name, rest
+    # "remix r-1a2b3c4d5e6f", "revoke https://…/v/…": the argument shows it is a command.
+    if (name in ("link", "remix") and re.fullmatch(r"r-[0-9a-f]{12}", rest)) or (
+            name == "revoke" and "/v/" in rest and " " not in rest):
         return name, rest
     return None
 

@@ -10,7 +10,15 @@ SAY: dict[str, dict[str, str]] = {
             "in this thread (“make scene 2 shorter”). Send a photo with “scene 3” to use it in "
             "that scene.\nCommands: {commands}."),
         "commands": ("help · new [request] · show · render · preview · cancel · videos · "
-                     "queue"),
+                     "queue · link VIDEO · revoke LINK · remix VIDEO"),
+        "not_your_video": ("“{video}” is not one of your videos; “videos” lists them with "
+                           "their ids."),
+        "new_link": "A new share link to “{title}” (opens for {days} days): {url}",
+        "revoked": "That link no longer opens; other links to the video still do.",
+        "revoked_already": "That link was already revoked.",
+        "bad_link": "That is not a share link of ours, or it has expired.",
+        "remixed": "Remixed from “{title}” ({video}) as a new storyboard here:",
+        "needs_argument": "Say which: “{name} {example}”.",
         "new_started": "Started a new storyboard here; tell me what video to make.",
         "working": "Working on it…",
         "quota_used": ("You have used {used} of your {limit} render minutes for today; the "
@@ -100,7 +108,15 @@ SAY: dict[str, dict[str, str]] = {
             "我能把你的要求做成一段简短的教学视频。直接写下需要，例如“用30秒给初一学生讲解光合作用”，"
             "然后在这个话题里回复修改（“场景2短一点”）。发送图片并写上“场景3”，就会用在该场景。\n"
             "命令：{commands}。"),
-        "commands": "帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列",
+        "commands": ("帮助 · 新建 [要求] · 查看 · 渲染 · 预览 · 取消 · 我的视频 · 队列 · "
+                     "链接 视频 · 撤销 链接 · 翻新 视频"),
+        "not_your_video": "“{video}”不是你的视频；“我的视频”会列出它们的编号。",
+        "new_link": "“{title}”的新分享链接（{days} 天内有效）：{url}",
+        "revoked": "该链接已失效；这个视频的其他链接仍然有效。",
+        "revoked_already": "该链接已经撤销过了。",
+        "bad_link": "这不是我们的分享链接，或已过期。",
+        "remixed": "已在这里根据“{title}”（{video}）新建分镜：",
+        "needs_argument": "请说明是哪一个：“{name} {example}”。",
         "new_started": "已在这里新建分镜；请说说要做什么视频。",
         "working": "正在处理…",
         "quota_used": ("你今天已用 {used} 分钟渲染时间，上限 {limit} 分钟；配额将在 {resets}"
@@ -186,8 +202,12 @@ COMMAND_WORDS = {
     "cancel": "cancel", "取消": "cancel", "stop": "cancel",
     "videos": "videos", "我的视频": "videos", "myvideos": "videos",
     "queue": "queue", "队列": "queue", "status": "queue",
+    "link": "link", "链接": "link",
+    "revoke": "revoke", "撤销": "revoke",
+    "remix": "remix", "翻新": "remix",
 }
-COMMANDS = ("help", "new", "show", "render", "preview", "cancel", "videos", "queue")
+COMMANDS = ("help", "new", "show", "render", "preview", "cancel", "videos", "queue", "link",
+            "revoke", "remix")
 
 
 def say(language: str, key: str, **values: object) -> str:

@@ -69,6 +69,8 @@ COMMAND_HELP = {
     "help": "What I can do", "new": "Start a new storyboard", "show": "Show the storyboard",
     "render": "Render the video", "preview": "A quick preview (animatic)",
     "cancel": "Cancel the render", "videos": "My videos", "queue": "Queue position and ETA",
+    "link": "A new share link to one of my videos", "revoke": "Withdraw a share link",
+    "remix": "Start a new storyboard from one of my videos",
 }
 T = TypeVar("T")
 

@@ -635,3 +635,35 @@ def test_a_teacher_over_the_daily_render_time_is_told_when_it_resets(service, ru
     assert other.card is not None
     [theirs] = service.message(place("b"), Author("U2"), "render")
     assert theirs.follows_job  # another teacher's quota is their own
+
+
+# -- the library -----------------------------------------------------------------------------
+
+
+def test_a_teacher_makes_and_revokes_links_and_remixes_a_past_video(service, runtime):
+    job = _queued_job(service)
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    run_worker(runtime.settings, runtime.connection, burst=True, logging_level="CRITICAL",
+               foreground=True)
+    drain(relay_)
+    [videos] = service.message(place(), TEACHER, "videos")
+    assert job in videos.text
+    [link] = service.message(place(), TEACHER, f"link {job}")
+    url = link.text.rsplit(" ", 1)[1]
+    client = TestClient(share_app(runtime.settings, runtime.secret))
+    path = "/v/" + url.split("/v/", 1)[1]
+    assert client.get(path).status_code == 200
+    [revoked] = service.message(place(), TEACHER, f"revoke {url}")
+    assert "no longer opens" in revoked.text
+    assert client.get(path).status_code in (403, 404)
+    [again] = service.message(place(), TEACHER, f"revoke {url}")
+    assert "already" in again.text
+    # Someone else's video: neither links nor remixes.
+    [theirs] = service.message(place("x"), Author("U7"), f"/link {job}")
+    assert "not one of your videos" in theirs.text
+    [remix] = service.message(place("new"), TEACHER, f"remix {job}")
+    assert remix.card is not None and remix.card.version == 1
+    assert f"({job})" in remix.text and "photosynthesis" in remix.card.heading.lower()
+    [edited] = service.message(place("new"), TEACHER, "make scene 2 shorter")
+    assert edited.card.version == 2  # the remix is a storyboard of its own, to edit

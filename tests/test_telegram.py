@@ -594,7 +594,8 @@ def test_photos_become_scene_images_and_other_files_are_declined_politely(
 def test_commands_are_registered_and_answered_and_chinese_gets_chinese(fake, start_bot):
     start_bot()
     assert [c["command"] for c in fake.my_commands()] == [
-        "help", "new", "show", "render", "preview", "cancel", "videos", "queue"]
+        "help", "new", "show", "render", "preview", "cancel", "videos", "queue", "link",
+        "revoke", "remix"]
     assert all(c["description"] for c in fake.my_commands())
 
     help_ = say_to(fake, TEACHER, "/help")
