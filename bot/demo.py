@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from rich.console import Console
 
 from bot.messages import say
@@ -155,7 +157,12 @@ class _EventWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self._done.is_set():
-            for entry_id, event in self._events.read(self._after, block_ms=200):
+            try:
+                batch = self._events.read(self._after, block_ms=200)
+            except redis.RedisError:  # a hiccup must not lose the job's news: read again
+                time.sleep(0.1)
+                continue
+            for entry_id, event in batch:
                 self._after = entry_id
                 if event.job_id != self._job_id:
                     continue

@@ -61,7 +61,10 @@ def bench_demo_wall(*, seconds: int = 30, repeat: int = 1) -> dict:
             command = [sys.executable, "-m", "bot.cli", "demo", bench_request(seconds),
                        "--out", str(Path(folder) / "out")]
             started = time.perf_counter()
-            subprocess.run(command, env=env, check=True, capture_output=True)
+            result = subprocess.run(command, env=env, capture_output=True, text=True)
+            if result.returncode != 0:  # say why: the demo's own sentence is on its stderr
+                raise RuntimeError(f"the demo exited with {result.returncode}: "
+                                   f"{result.stderr.strip()[-500:]}")
             timings.append(time.perf_counter() - started)
     return {"demo_wall_seconds": [round(t, 3) for t in timings], "video_seconds": seconds}
 
