@@ -21,7 +21,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
@@ -149,7 +149,6 @@ class ActionRef:
     place: Place
     conversation: str
     version: int
-    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,6 @@ class Route:
     total: str
     preview: bool
     created_at: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class SharedLLM:
@@ -281,12 +279,15 @@ class ChatService:
 
     def has_storyboard(self, place: Place) -> bool:
         """Whether this thread has a storyboard (read-only: for chatter the bot may ignore)."""
+        return self.history.count(self._current(place)) > 0
+
+    def _current(self, place: Place) -> str:
+        """The thread's current conversation ("new" starts another), without recording it."""
         generation = int(self.redis.get(f"{PREFIX}thread:{place.key}") or 0)
-        return self.history.count(f"{place.key}#{generation}") > 0
+        return f"{place.key}#{generation}"
 
     def conversation(self, place: Place) -> str:
-        generation = int(self.redis.get(f"{PREFIX}thread:{place.key}") or 0)
-        conversation = f"{place.key}#{generation}"
+        conversation = self._current(place)
         self.redis.set(f"{PREFIX}place:{conversation}", place.to_json(), ex=ACTION_TTL_SECONDS)
         return conversation
 
@@ -672,7 +673,7 @@ class ChatService:
 
     def _language(self, place: Place | None, language: str | None, text: str) -> str:
         if place is not None:
-            latest = self.history.latest(self.conversation(place))
+            latest = self.history.latest(self._current(place))
             if latest is not None:
                 return latest.storyboard.language
         if text and detect_language(text) == "zh":
@@ -713,7 +714,7 @@ class ChatService:
         token = secrets.token_urlsafe(9)  # 12 characters
         self.redis.set(f"{PREFIX}action:{token}", json.dumps({
             "action": ref.action, "place": asdict(ref.place), "conversation": ref.conversation,
-            "version": ref.version, "job_id": ref.job_id}), ex=ACTION_TTL_SECONDS)
+            "version": ref.version}), ex=ACTION_TTL_SECONDS)
         return token
 
     def _action_ref(self, token: str) -> ActionRef | None:
@@ -724,7 +725,7 @@ class ChatService:
             return None
         data = json.loads(raw)
         return ActionRef(data["action"], Place(**data["place"]), data["conversation"],
-                         int(data["version"]), data.get("job_id", ""))
+                         int(data["version"]))
 
     def _place_of(self, conversation: str) -> Place | None:
         raw = self.redis.get(f"{PREFIX}place:{conversation}")

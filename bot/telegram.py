@@ -282,9 +282,7 @@ class TelegramBot:
                                              message.message_id)
             place = (Place(PLATFORM, str(message.chat.id), thread) if thread
                      else await self._place(message, addressed=True))
-        force_reply = bool(outs) and token and (
-            (ref := await asyncio.to_thread(self.service.action_ref, token)) is not None
-            and ref.action == "edit")
+        force_reply = bool(outs) and bool(token) and ref is not None and ref.action == "edit"
         # ForceReply(selective) reaches only users @mentioned in the text: name the presser.
         user = update.effective_user
         mention = f"@{user.username} " if force_reply and user and user.username and \
