@@ -433,7 +433,8 @@ class ChatService:
                 total=format_seconds(board.total_seconds), preview=preview,
                 created_at=time.time()))
             spec = RenderSpec(job_id=job_id, conversation=conversation, version=version.number,
-                              storyboard=board, output=job_id, animatic=preview)
+                              owner=f"{place.platform}:{author.id}", storyboard=board,
+                              output=job_id, animatic=preview)
             enqueue_render(self.redis, self.settings, spec, queue=queue)
             self.redis.sadd(f"{PREFIX}active-by:{place.platform}:{author.id}", job_id)
             # Kept while the job may still wait or run (a full queue of longest jobs); a
@@ -444,7 +445,11 @@ class ChatService:
                            * (self.settings.bot.max_queued_jobs + 2)
                            + queue_settings.result_ttl_seconds)
         route = self.routes.get(job_id)
-        text = queued_text(route, max(len(queue.job_ids) - 1, 0), self.job_seconds())
+        waiting = queue.job_ids  # fair turns: a job may go in ahead of another's batch
+        ahead = waiting.index(job_id) if job_id in waiting else 0
+        text = queued_text(route, ahead, self.job_seconds())
+        # What the status message will say, so the relay skips re-sending the same words.
+        self.redis.set(status_text_key(job_id), text, ex=7 * 86_400)
         return [Out(text, follows_job=job_id, language=lang)]
 
     def _cancel(self, conversation: str, lang: str) -> Out:
@@ -891,6 +896,11 @@ def job_seconds(connection: redis.Redis) -> float:
     """What a render has taken lately (a running average kept by the relay)."""
     raw = connection.get(f"{PREFIX}stats:job_seconds")
     return float(raw) if raw else DEFAULT_JOB_SECONDS
+
+
+def status_text_key(job_id: str) -> str:
+    """Where the words a job's status message shows now are kept."""
+    return f"{PREFIX}status-text:{job_id}"
 
 
 def queued_text(route: Route, ahead: int, seconds_per_job: float) -> str:

@@ -21,7 +21,15 @@ from typing import Protocol
 
 import redis
 
-from bot.core import PREFIX, Route, RouteStore, gpu_seconds_key, job_seconds, queued_text
+from bot.core import (
+    PREFIX,
+    Route,
+    RouteStore,
+    gpu_seconds_key,
+    job_seconds,
+    queued_text,
+    status_text_key,
+)
 from bot.messages import say
 from engine.events import STREAM, RenderEvent
 from engine.jobs import render_queue
@@ -209,18 +217,19 @@ class EventRelay:
         return any(retry.next_try <= now for retry in self._retries.values())
 
     async def handle(self, event: RenderEvent) -> None:
+        if event.kind in ("queued", "started", "cancelled"):
+            # A job, of any platform, left the line or went in ahead of others (fair turns):
+            # this platform's waiting jobs moved. A new job's own place is in its reply.
+            await self._refresh_queued(exclude=event.job_id)
         route = await asyncio.to_thread(self.routes.get, event.job_id)
         if route is None or route.place.platform != self.platform or (
                 self.only is not None and not self.only(route)):
             return  # another platform's job, or the demo's
         if event.kind == "queued":
-            return  # the reply to "render" already says it is queued
+            return
         if event.kind == "started":
             await asyncio.to_thread(self.redis.set, f"{PREFIX}started:{event.job_id}",
                                     str(event.at), ex=DELIVERED_TTL_SECONDS)
-        if event.kind in ("started", "cancelled"):
-            # A job left the queue: those behind it moved up.
-            await self._refresh_queued(exclude=event.job_id)
         if event.is_final:
             await self._final(route, event)
             return
@@ -254,7 +263,7 @@ class EventRelay:
         it has, progress is not shown: posting another here could race it into two status
         messages. Only when none turns up (the adapter died between queueing and posting)
         does the relay post one, so the thread still sees progress."""
-        key = f"{PREFIX}status-text:{route.job_id}"
+        key = status_text_key(route.job_id)
         if await asyncio.to_thread(self.redis.get, key) == text.encode():
             return False
         ref = await asyncio.to_thread(self.routes.status_ref, route.job_id)

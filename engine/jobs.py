@@ -12,12 +12,12 @@ import secrets
 
 import redis
 from pydantic import BaseModel, Field
-from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.events import EventLog, RenderEvent
+from engine.fair_queue import FairQueue
 from engine.settings import Settings
 from engine.storyboard import Storyboard
 
@@ -27,6 +27,8 @@ RENDER_FUNCTION = "worker.jobs.render_storyboard"
 class RenderSpec(BaseModel):
     job_id: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
     conversation: str = Field(max_length=200)
+    # Whose job it is ("slack:U123"): the queue takes fair turns between owners.
+    owner: str = Field(default="", max_length=200)
     version: int = Field(ge=1)
     storyboard: Storyboard
     # A folder name inside the media root, which every worker mounts (never a path: a job
@@ -67,15 +69,19 @@ def new_job_id() -> str:
     return "r-" + secrets.token_hex(6)
 
 
-def render_queue(connection: redis.Redis, settings: Settings, name: str | None = None) -> Queue:
+def render_queue(connection: redis.Redis, settings: Settings,
+                 name: str | None = None) -> FairQueue:
     """The shared render queue, or a named one (the demo renders on a private queue)."""
-    return Queue(name or settings.queue.name, connection=connection, serializer=JSONSerializer)
+    return FairQueue(name or settings.queue.name, connection=connection,
+                     serializer=JSONSerializer)
 
 
 def enqueue_render(
-    connection: redis.Redis, settings: Settings, spec: RenderSpec, *, queue: Queue | None = None,
+    connection: redis.Redis, settings: Settings, spec: RenderSpec, *,
+    queue: FairQueue | None = None,
 ) -> Job:
     queue = queue or render_queue(connection, settings)
+    queue.set_owner(spec.job_id, spec.owner)
     job = queue.enqueue(
         RENDER_FUNCTION,
         spec.model_dump(mode="json"),

@@ -500,6 +500,26 @@ def test_waiting_renders_see_their_place_in_line_move_up(runtime, service):
     assert statuses["status-a"] == "Rendering version 1: starting…"
 
 
+def test_a_job_going_in_ahead_on_another_platform_moves_the_others_back(runtime, service):
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    jobs = []
+    for thread in ("a", "b"):
+        service.message(place(thread), TEACHER, REQUEST)
+        [queued] = service.message(place(thread), TEACHER, "render")
+        service.routes.claim_status(queued.follows_job, f"status-{thread}")
+        jobs.append(queued.follows_job)
+    drain(relay_)
+    other = Place("elsewhere", "C9", "x")
+    service.message(other, Author("U2"), REQUEST)
+    [theirs] = service.message(other, Author("U2"), "render")
+    assert "next in line" in theirs.text or "1 video ahead" in theirs.text
+    drain(relay_)  # the other platform's "queued" event reaches this platform's relay too
+    statuses = dict(notifier.statuses)
+    assert statuses["status-b"].startswith("Version 1 is queued: 2 videos ahead of it")
+    assert "status-a" not in statuses  # its place did not change: no needless edit
+
+
 def test_quick_messages_in_one_thread_are_taken_in_turn_not_refused(service):
     service.message(place(), TEACHER, REQUEST)
     edits = ["make scene 1 shorter", "make scene 2 longer", "make scene 3 shorter",

@@ -1,0 +1,123 @@
+"""Fair turns on the render queue, on a real Redis, dequeued the way RQ's workers dequeue."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from bot.core import Author, Place
+from bot.runtime import build_runtime
+from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
+from tests.conftest import make_storyboard
+
+
+def _enqueue(connection, settings, owner: str) -> str:
+    job_id = new_job_id()
+    enqueue_render(connection, settings, RenderSpec(
+        job_id=job_id, conversation=f"test:{job_id}", version=1, owner=owner,
+        storyboard=make_storyboard((2,)), output=job_id))
+    return job_id
+
+
+def _owners_in_worker_order(connection, settings, count: int | None = None) -> list[str]:
+    """Take jobs off the queue as a worker does (RQ's dequeue_any), and say whose they were."""
+    queue = render_queue(connection, settings)
+    owners = []
+    while count is None or len(owners) < count:
+        taken = type(queue).dequeue_any([queue], None, connection=connection,
+                                        serializer=JSONSerializer)
+        if taken is None:
+            break
+        job, _queue = taken
+        owners.append(job.args[0]["owner"])
+    return owners
+
+
+def test_one_teachers_batch_of_twenty_does_not_starve_anothers_single_video(
+        settings, redis_connection):
+    for _ in range(20):
+        _enqueue(redis_connection, settings, "slack:A")
+    single = _enqueue(redis_connection, settings, "slack:B")
+    assert render_queue(redis_connection, settings).job_ids.index(single) == 1
+    order = _owners_in_worker_order(redis_connection, settings)
+    assert order.index("slack:B") == 1 and order.count("slack:A") == 20
+
+
+def test_two_teachers_jobs_interleave(settings, redis_connection):
+    for _ in range(3):
+        _enqueue(redis_connection, settings, "slack:A")
+    for _ in range(3):
+        _enqueue(redis_connection, settings, "telegram:B")
+    assert _owners_in_worker_order(redis_connection, settings) == [
+        "slack:A", "telegram:B"] * 3
+
+
+def test_a_teacher_arriving_mid_batch_waits_for_one_job_of_it_at_most(
+        settings, redis_connection):
+    for _ in range(10):
+        _enqueue(redis_connection, settings, "slack:A")
+    assert _owners_in_worker_order(redis_connection, settings, 5) == ["slack:A"] * 5
+    _enqueue(redis_connection, settings, "slack:B")
+    _enqueue(redis_connection, settings, "slack:B")
+    assert _owners_in_worker_order(redis_connection, settings) == [
+        "slack:A", "slack:B", "slack:A", "slack:B", "slack:A", "slack:A", "slack:A"]
+
+
+def test_a_teacher_alone_keeps_first_come_first_served_and_comes_back_to_an_empty_line(
+        settings, redis_connection):
+    ids = [_enqueue(redis_connection, settings, "slack:A") for _ in range(4)]
+    assert render_queue(redis_connection, settings).job_ids == ids
+    assert len(_owners_in_worker_order(redis_connection, settings)) == 4
+    # Yesterday's batch gives no one a head start or a penalty today.
+    later = [_enqueue(redis_connection, settings, owner) for owner in ("slack:C", "slack:A")]
+    assert render_queue(redis_connection, settings).job_ids == later
+
+
+def test_jobs_enqueued_at_once_from_many_bots_are_all_queued_once(settings, redis_connection):
+    made: list[str] = []
+    lock = threading.Lock()
+
+    def bot(owner: str) -> None:
+        for _ in range(10):
+            job_id = _enqueue(redis_connection, settings, owner)
+            with lock:
+                made.append(job_id)
+
+    threads = [threading.Thread(target=bot, args=(f"slack:{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    queued = render_queue(redis_connection, settings).job_ids
+    assert sorted(queued) == sorted(made) and len(set(queued)) == 40
+    # Each owner's own jobs keep the order they were made in.
+    for n in range(4):
+        jobs = [Job.fetch(job_id, connection=redis_connection, serializer=JSONSerializer)
+                for job_id in queued]
+        theirs = [job.id for job in jobs if job.args[0]["owner"] == f"slack:{n}"]
+        assert theirs == [job_id for job_id in made if job_id in set(theirs)]
+
+
+@pytest.fixture
+def runtime(settings):
+    runtime = build_runtime(settings)
+    yield runtime
+    runtime.connection.shutdown(nosave=True)
+
+
+def test_a_teacher_is_told_their_fair_place_in_line(runtime):
+    service = runtime.service
+    busy, newcomer = Author("U1", "Ms Chen"), Author("U2", "Mr Okafor")
+    request = "Explain photosynthesis to grade 7 in 30 seconds"
+    for thread in ("a", "b", "c"):
+        service.message(Place("test", "C1", thread), busy, request)
+        [queued] = service.message(Place("test", "C1", thread), busy, "render")
+        assert queued.follows_job
+    service.message(Place("test", "C1", "d"), newcomer, request)
+    [theirs] = service.message(Place("test", "C1", "d"), newcomer, "render")
+    assert "1 video ahead" in theirs.text, theirs.text
+    assert render_queue(runtime.connection, runtime.settings).job_ids.index(
+        theirs.follows_job) == 1
