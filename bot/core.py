@@ -37,11 +37,12 @@ from engine.edits import apply_plain_edit
 from engine.errors import UserError
 from engine.history import StoryboardHistory, StoryboardVersion
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue, request_cancel
+from engine.library import Library, VideoRecord, link_to
 from engine.llm import StoryboardLLM
 from engine.moderation import ALLOWED, Policy, Verdict
 from engine.request import clean_text, detect_language
 from engine.settings import Settings
-from engine.share import media_file, revoke, share_url, token_of, verify
+from engine.share import media_file, revoke, token_of, verify
 from engine.storyboard import Storyboard, format_seconds
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class ChatService:
         self.dialogue = Dialogue(connection, settings, llm)  # type: ignore[arg-type]
         self.history = StoryboardHistory(connection)
         self.routes = RouteStore(connection)
+        self.library = Library(connection)
         # Students watch these videos: one policy reads what teachers send and what renders.
         self.policy = Policy.load()
         self.queue_name: str | None = None  # None: the shared render queue
@@ -567,34 +569,30 @@ class ChatService:
         if video is None:
             return [Out(say(lang, "not_your_video", video=argument[:40]), language=lang)]
         if name == "link":
-            url = share_url(self.settings, self.share_secret, video["folder"])
-            return [Out(say(lang, "new_link", title=video["title"],
+            url = link_to(self.library, self.settings, self.share_secret, video.video,
+                          reuse=False)
+            return [Out(say(lang, "new_link", title=video.title,
                             days=self.settings.share.link_days, url=url), language=lang)]
-        saved = media_file(self.settings, video["folder"], "storyboard.json")
+        saved = media_file(self.settings, video.video, "storyboard.json")
         if saved is None:
             return [Out(say(lang, "not_your_video", video=argument[:40]), language=lang)]
         board = Storyboard.model_validate_json(saved.read_text(encoding="utf-8"))
         self.redis.incr(f"{PREFIX}thread:{place.key}")  # a new storyboard in this thread
         conversation = self.conversation(place)
-        number = self.history.append(conversation, board, f"remixed from {video['folder']}",
+        number = self.history.append(conversation, board, f"remixed from {video.video}",
                                      after=0)
-        intro = say(lang, "remixed", title=video["title"], video=video["folder"])
+        intro = say(lang, "remixed", title=video.title, video=video.video)
         return [self._card_out(place, self.history.get(conversation, number), intro=intro)]
 
-    def _own_video(self, place: Place, author: Author, folder: str) -> dict | None:
+    def _own_video(self, place: Place, author: Author, folder: str) -> VideoRecord | None:
         """The library record of `folder` if it is this teacher's (any, for an admin)."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", folder):
             return None
-        lists = [f"{PREFIX}videos:{place.platform}:{author.id}"]
-        if self.role_of(place, author) == "admin":
-            lists = [key.decode() if isinstance(key, bytes) else key
-                     for key in self.redis.scan_iter(f"{PREFIX}videos:*")]
-        for key in lists:
-            for raw in self.redis.lrange(key, 0, VIDEOS_KEPT - 1):
-                video = json.loads(raw)
-                if video["folder"] == folder:
-                    return video
-        return None
+        video = self.library.get(folder)
+        if video is None or (video.owner != f"{place.platform}:{author.id}"
+                             and self.role_of(place, author) != "admin"):
+            return None
+        return video
 
     def _whole_queue(self, lang: str) -> Out:
         """For admins: every render waiting or running, whose, and its id to cancel it by."""
@@ -610,16 +608,16 @@ class ChatService:
         return Out("\n".join(lines) or say(lang, "queue_empty"), language=lang)
 
     def _videos(self, platform: str, author: Author, lang: str) -> Out:
-        raw = self.redis.lrange(f"{PREFIX}videos:{platform}:{author.id}", 0, VIDEOS_KEPT - 1)
-        if not raw:
+        videos = self.library.of_owner(f"{platform}:{author.id}", VIDEOS_KEPT)
+        if not videos:
             return Out(say(lang, "no_videos"), language=lang)
         lines = [say(lang, "videos")]
-        for item in raw:
-            video = json.loads(item)
-            day = time.strftime("%Y-%m-%d", time.localtime(video["at"]))
-            url = share_url(self.settings, self.share_secret, video["folder"])
-            lines.append(f"• {video['title']} ({video['total']}, {day}, {video['folder']}): "
-                         f"{url}")
+        for video in videos:
+            day = time.strftime("%Y-%m-%d", time.localtime(video.rendered_at))
+            url = link_to(self.library, self.settings, self.share_secret, video.video)
+            kind = say(lang, "preview_word") + ", " if video.preview else ""
+            lines.append(f"• {video.title} ({kind}{format_seconds(video.seconds)}, {day}, "
+                         f"{video.video}): {url}")
         return Out("\n".join(lines), language=lang)
 
     # -- helpers -----------------------------------------------------------------------------

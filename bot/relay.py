@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,8 +32,9 @@ from bot.core import (
 from bot.messages import say
 from engine.events import STREAM, RenderEvent
 from engine.jobs import render_queue
+from engine.library import Library, link_to
 from engine.settings import Settings
-from engine.share import media_file, share_url
+from engine.share import media_file
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +292,10 @@ class EventRelay:
         except Exception:  # a deleted or uneditable status message must not cost the result
             log.warning("could not update the status message of job %s", route.job_id,
                         exc_info=True)
-        # Before the message: a teacher who asks for "videos" on seeing it finds it listed.
         await asyncio.to_thread(self._after_final, route, event)
         if not (event.kind == "cancelled" and shown):  # the status already says "cancelled"
-            await self.notifier.deliver(route, self._delivery(route, event))
+            delivery = await asyncio.to_thread(self._delivery, route, event)
+            await self.notifier.deliver(route, delivery)
         await asyncio.to_thread(self.redis.set, delivered, "1", ex=DELIVERED_TTL_SECONDS)
 
     def _delivery(self, route: Route, event: RenderEvent) -> Delivery:
@@ -306,7 +306,7 @@ class EventRelay:
         if event.kind == "cancelled":
             return Delivery("cancelled", say(lang, "cancelled", version=route.version))
         key = "done_preview" if route.preview else "done"
-        url = share_url(self.settings, self.share_secret, route.job_id)
+        url = link_to(Library(self.redis), self.settings, self.share_secret, route.job_id)
         text = "\n".join((say(lang, key, title=route.title, total=route.total),
                           say(lang, "link", days=self.settings.share.link_days, url=url)))
         return Delivery("finished", text, link=url,
@@ -318,13 +318,10 @@ class EventRelay:
         if self.redis.get(active) == route.job_id.encode():
             self.redis.delete(active)
         self.redis.srem(f"{PREFIX}active-by:{route.place.platform}:{route.author}", route.job_id)
+        # The worker recorded the video in the library; here the measures are charged, once.
         if event.kind != "finished" or not self.redis.set(
                 f"{PREFIX}recorded:{route.job_id}", "1", nx=True, ex=DELIVERED_TTL_SECONDS):
             return
-        self.redis.lpush(f"{PREFIX}videos:{route.place.platform}:{route.author}", json.dumps({
-            "title": route.title, "total": route.total, "folder": route.job_id,
-            "preview": route.preview, "at": event.at}))
-        self.redis.ltrim(f"{PREFIX}videos:{route.place.platform}:{route.author}", 0, 19)
         started = self.redis.get(f"{PREFIX}started:{route.job_id}")
         if started and not route.preview:  # previews are quick: they would skew the estimate
             seconds = max(event.at - float(started), 0.0)

@@ -14,6 +14,7 @@ from rq import get_current_job
 from engine.errors import UserError
 from engine.events import EventLog, RenderEvent
 from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
+from engine.library import Library, VideoRecord
 from engine.settings import load_settings
 from engine.timeline import Timeline, build_timeline
 from worker.gpu import is_cuda_fault
@@ -68,6 +69,12 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled", message=STOPPED))
         raise
     files = {name: str(path) for name, path in result.files.items()}
+    # Before "finished": the teacher who sees the result finds it in their library.
+    Library(job.connection).record(VideoRecord(
+        video=spec.output, owner=spec.owner, conversation=spec.conversation,
+        version=spec.version, title=spec.storyboard.title, language=spec.storyboard.language,
+        preset=result.renderer, preview=spec.animatic, seconds=spec.storyboard.total_seconds,
+        files=sorted(path.name for path in result.files.values())))
     events.publish(RenderEvent(
         job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
         outputs=files, notes=result.notes,
