@@ -242,14 +242,16 @@ class ChatService:
         return self._action_ref(token)
 
     def image(self, place: Place, author: Author, data: bytes, *, caption: str = "",
-              language: str | None = None) -> list[Out]:
-        """An image sent in the thread: it becomes a scene's image for image-to-video."""
+              file_name: str = "", language: str | None = None) -> list[Out]:
+        """An image sent in the thread: it becomes a scene's image for image-to-video.
+        Its caption and its file name are read by the same policy as any message (the
+        file is saved under a name of our own)."""
         if (refusal := self._refuse_non_teacher(place, author, language, caption)) is not None:
             return refusal
         conversation = self.conversation(place)
         return self._guarded(place, language, caption, lambda: self._in_turn(
             conversation, place, language, caption,
-            lambda: self._image(place, data, caption, language)))
+            lambda: self._image(place, author, data, caption, file_name, language)))
 
     def image_too_large(self, place: Place, size: int, *, language: str | None = None
                         ) -> list[Out]:
@@ -461,8 +463,8 @@ class ChatService:
         request_cancel(self.redis, self.settings, route.job_id)
         return Out(say(lang, "cancel_sent", version=route.version), language=lang)
 
-    def _image(self, place: Place, data: bytes, caption: str, language: str | None
-               ) -> list[Out]:
+    def _image(self, place: Place, author: Author, data: bytes, caption: str, file_name: str,
+               language: str | None) -> list[Out]:
         conversation = self.conversation(place)
         latest = self.history.latest(conversation)
         lang = latest.storyboard.language if latest else self._language(place, language,
@@ -471,10 +473,12 @@ class ChatService:
             return self.image_too_large(place, len(data), language=lang)
         if latest is None:
             return [Out(say(lang, "image_needs_board"), language=lang)]
-        verdict = self.policy.check_text(caption or "")
-        if not verdict.allowed:
-            self._audit(place, Author(""), "caption", verdict)
-            return [Out(say(lang, "blocked", category=_category(lang, verdict)), language=lang)]
+        for where, text in (("caption", caption), ("file_name", _words_of_file_name(file_name))):
+            verdict = self.policy.check_text(text or "")
+            if not verdict.allowed:
+                self._audit(place, author, where, verdict)
+                return [Out(say(lang, "blocked", category=_category(lang, verdict)),
+                            language=lang)]
         name = self._save_image(data)
         if name is None:
             return [Out(say(lang, "image_unreadable"), language=lang)]
@@ -894,6 +898,12 @@ def job_seconds(connection: redis.Redis) -> float:
     """What a render has taken lately (a running average kept by the relay)."""
     raw = connection.get(f"{PREFIX}stats:job_seconds")
     return float(raw) if raw else DEFAULT_JOB_SECONDS
+
+
+def _words_of_file_name(name: str) -> str:
+    """"gory_battle-scene.png" -> "gory battle scene": what a file name says, in words."""
+    stem = Path(name[:255]).stem if name else ""
+    return re.sub(r"[_\-.+~]+", " ", stem)
 
 
 def status_text_key(job_id: str) -> str:

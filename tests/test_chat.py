@@ -553,6 +553,24 @@ def test_an_unsafe_request_is_refused_naming_why_and_audited_without_its_text(se
     assert "自我伤害" in zh.text
 
 
+def test_an_image_whose_file_name_or_caption_is_unsafe_is_refused_and_audited(service,
+                                                                             runtime):
+    service.message(place(), TEACHER, REQUEST)
+    before = service.history.latest(service.conversation(place())).number
+    [named] = service.image(place(), TEACHER, png_bytes(), file_name="how_to-hurt.yourself.png")
+    assert "self-harm" in named.text and named.card is None
+    [entry] = runtime.connection.xrange("lessonreel:audit")[-1:]
+    record = {k.decode(): v.decode() for k, v in entry[1].items()}
+    assert (record["where"], record["author"], record["category"]) == (
+        "file_name", "U1", "self_harm")
+    [captioned] = service.image(place(), TEACHER, png_bytes(), caption="naked students")
+    assert captioned.card is None and "sexual" in captioned.text
+    assert service.history.latest(service.conversation(place())).number == before
+    assert not any(runtime.settings.uploads_path.glob("*"))  # nothing was kept
+    [fine] = service.image(place(), TEACHER, png_bytes(), file_name="leaf_cross-section.png")
+    assert fine.card is not None
+
+
 def test_a_storyboard_that_turned_unsafe_is_not_rendered(service, runtime):
     [card] = service.message(place(), TEACHER, REQUEST)
     conversation = service.conversation(place())
