@@ -76,10 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     bot.add_argument("--port", type=_port, default=8080, help="port to listen on (HTTP modes)")
     bot.set_defaults(handler=_bot)
 
-    serve = commands.add_parser("serve", help="serve share links")
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=_port, default=8080)
+    serve = commands.add_parser("serve", help="serve share links, /healthz, and the Slack "
+                                "events endpoint and Telegram webhook where configured")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on")
+    serve.add_argument("--no-slack", action="store_true", help="leave out POST /slack/events "
+                       "even where Slack is set up for HTTP")
+    serve.add_argument("--no-telegram", action="store_true", help="leave out POST "
+                       "/telegram/webhook even where the Telegram webhook is set up")
     serve.set_defaults(handler=_serve)
+
+    from bot.doctor import add_arguments as add_doctor_arguments
+
+    doctor = commands.add_parser("doctor", help="check this machine can run the bot, a worker "
+                                 "or the share server, and say how to fix what is missing")
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(handler=_doctor)
 
     share = commands.add_parser("share", help="make or revoke a share link to a video")
     share.add_argument("video", nargs="?", help="the video's id (its folder in the media root, "
@@ -167,16 +179,19 @@ def _bot(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     _log_to_stderr()
-    import uvicorn
+    from bot.web import run_web, serve_app
 
-    from bot.web import share_app
-    from engine.settings import load_settings
-    from engine.share import share_secret
-
-    settings = load_settings()
-    uvicorn.run(share_app(settings, share_secret(settings)), host=args.host, port=args.port,
-                log_level="warning")
+    app, mounted = serve_app(slack=not args.no_slack, telegram=not args.no_telegram)
+    logging.getLogger("lessonreel.serve").info("serving on %s:%d: %s", args.host, args.port,
+                                               mounted)
+    run_web(app, args.host, args.port)
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import run
+
+    return run(args)
 
 
 def _share(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from bot.core import ACTIONS, Author, Card, Out, Place, Route, parse_command
 from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
 from bot.runtime import Runtime, redact_token_in_logs, relay_for, use_bot_executor
+from bot.web import WebPart, run_web, web_app
 from engine.errors import SettingsError, UserError
 from engine.request import detect_language
 
@@ -491,12 +492,11 @@ class SlackBot:
             await asyncio.wait(list(self._tasks), timeout=10)
 
 
-def http_app(bot: SlackBot):
-    """Starlette app: POST /slack/events (signature checked by Bolt) plus the share links."""
+def http_part(bot: SlackBot) -> WebPart:
+    """POST /slack/events (Bolt checks each request's signature), and the bot's event relay
+    running while the web app serves."""
     from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
     from starlette.routing import Route as WebRoute
-
-    from bot.web import share_app
 
     handler = AsyncSlackRequestHandler(bot.app)
 
@@ -504,31 +504,36 @@ def http_app(bot: SlackBot):
         return await handler.handle(request)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        # Starlette 1.x has no on_startup/on_shutdown hooks any more: a lifespan it is.
-        use_bot_executor()
+    async def relaying():
         stop = await bot.start_relay()
         try:
             yield
         finally:
             await bot.stop_relay(stop)
 
-    app = share_app(bot.runtime.settings, bot.runtime.secret,
-                    [WebRoute("/slack/events", events, methods=["POST"])])
-    app.router.lifespan_context = lifespan
-    return app
+    return WebPart("Slack events at POST /slack/events",
+                   [WebRoute("/slack/events", events, methods=["POST"])], relaying)
+
+
+def http_app(bot: SlackBot):
+    """The web app with the Slack events endpoint: `lessonreel bot slack --http`."""
+    runtime = bot.runtime
+    return web_app(runtime.settings, runtime.secret, runtime.connection, [http_part(bot)])
+
+
+def slack_bot(runtime: Runtime, config: dict[str, str]) -> SlackBot:
+    """The bot `slack_settings` describes; its secrets are kept out of the logs from now on."""
+    for secret in (config["token"], config["app_token"], config["signing_secret"]):
+        redact_token_in_logs(secret)
+    return SlackBot(runtime, token=config["token"], signing_secret=config["signing_secret"],
+                    api_url=config["api_url"])
 
 
 def run_slack(runtime: Runtime, config: dict[str, str], *, http: bool, host: str,
               port: int) -> int:
-    for secret in (config["token"], config["app_token"], config["signing_secret"]):
-        redact_token_in_logs(secret)
-    bot = SlackBot(runtime, token=config["token"], signing_secret=config["signing_secret"],
-                   api_url=config["api_url"])
+    bot = slack_bot(runtime, config)
     if http:
-        import uvicorn
-
-        uvicorn.run(http_app(bot), host=host, port=port, log_level="warning")
+        run_web(http_app(bot), host, port)
         return 0
     asyncio.run(socket_mode(bot, config["app_token"]))
     return 0

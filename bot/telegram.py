@@ -12,6 +12,7 @@ once. The webhook checks Telegram's secret-token header in constant time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -46,6 +47,7 @@ from bot.core import Author, Out, Place, Route
 from bot.messages import COMMANDS, say
 from bot.relay import Delivery
 from bot.runtime import Runtime, redact_token_in_logs, relay_for, use_bot_executor
+from bot.web import WebPart, run_web, web_app
 from engine.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -506,17 +508,12 @@ class TelegramBot:
 
         return [WebRoute(WEBHOOK_PATH, webhook, methods=["POST"])]
 
-    def webhook_app(self, secret: str, public_url: str):
-        """The share links plus the webhook; registers the webhook with Telegram at start."""
-        import contextlib as _contextlib
+    def webhook_part(self, secret: str, public_url: str) -> WebPart:
+        """The webhook route, and while the web app serves: the webhook registered with
+        Telegram (at `public_url`), PTB taking the updates it posts, and the event relay."""
 
-        from bot.web import share_app
-
-        app = share_app(self.runtime.settings, self.runtime.secret, self.webhook_routes(secret))
-
-        @_contextlib.asynccontextmanager
-        async def lifespan(_app):
-            use_bot_executor()
+        @contextlib.asynccontextmanager
+        async def running():
             relay_stop = asyncio.Event()
             async with self.app:
                 await self.register_commands()
@@ -533,19 +530,30 @@ class TelegramBot:
                     await self.app.stop()
                     await relay
 
-        app.router.lifespan_context = lifespan
-        return app
+        return WebPart(f"Telegram webhook at POST {WEBHOOK_PATH}", self.webhook_routes(secret),
+                       running)
+
+    def webhook_app(self, secret: str, public_url: str):
+        """The web app with the webhook: `lessonreel bot telegram --webhook`."""
+        runtime = self.runtime
+        return web_app(runtime.settings, runtime.secret, runtime.connection,
+                       [self.webhook_part(secret, public_url)])
+
+
+def telegram_bot(runtime: Runtime, config: dict[str, str]) -> TelegramBot:
+    """The bot `telegram_settings` describes; its token (which Telegram puts in every URL)
+    and webhook secret are kept out of the logs from now on."""
+    for secret in (config["token"], config["webhook_secret"]):
+        redact_token_in_logs(secret)
+    return TelegramBot(runtime, token=config["token"], api_url=config["api_url"])
 
 
 def run_telegram(runtime: Runtime, config: dict[str, str], *, webhook: bool, host: str,
                  port: int) -> int:
-    redact_token_in_logs(config["token"])
-    bot = TelegramBot(runtime, token=config["token"], api_url=config["api_url"])
+    bot = telegram_bot(runtime, config)
     if webhook:
-        import uvicorn
-
-        uvicorn.run(bot.webhook_app(config["webhook_secret"], runtime.settings.public_url),
-                    host=host, port=port, log_level="warning")
+        run_web(bot.webhook_app(config["webhook_secret"], runtime.settings.public_url), host,
+                port)
         return 0
 
     async def main() -> None:

@@ -5,20 +5,35 @@ Accept-Ranges, so a video seeks), only from inside the media root, only the file
 SHARED_FILES, and only for a link whose signature and expiry check out and that has not
 been revoked. Bad links get a plain page: 404 for a forged, tampered, malformed or expired
 link, 403 for a revoked one.
+
+There is one web app (`web_app`): the share pages, /healthz, and the parts platforms add — the
+Slack events endpoint, the Telegram webhook — each with what must run while the app serves
+(its bot's event relay). `lessonreel serve` mounts what the environment configures
+(`serve_app`); `lessonreel bot slack --http` and `bot telegram --webhook` serve the same app
+with their one part.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import json
+import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
+import redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from engine.settings import Settings
-from engine.share import ShareLink, is_revoked, media_file, verify
+from bot.runtime import build_runtime, use_bot_executor
+from engine.connection import connect
+from engine.settings import Settings, load_settings
+from engine.share import ShareLink, is_revoked, media_file, share_secret, verify
 
 SHARED_FILES = {
     "video.mp4": "video/mp4", "preview.mp4": "video/mp4", "poster.jpg": "image/jpeg",
@@ -102,11 +117,7 @@ def share_routes(settings: Settings, secret: bytes) -> list[Route]:
                                      "Referrer-Policy": "no-referrer",
                                      "X-Content-Type-Options": "nosniff"})
 
-    async def health(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    return [Route("/v/{token}", page), Route("/v/{token}/{name}", file),
-            Route("/healthz", health)]
+    return [Route("/v/{token}", page), Route("/v/{token}/{name}", file)]
 
 
 def _storyboard(settings: Settings, folder: str) -> dict:
@@ -120,5 +131,118 @@ def _storyboard(settings: Settings, folder: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def share_app(settings: Settings, secret: bytes, extra: list[Route] | None = None) -> Starlette:
-    return Starlette(routes=[*share_routes(settings, secret), *(extra or [])])
+def health_route(connection: redis.Redis) -> Route:
+    """GET /healthz, for docker's health check: 200 "ok" while Redis answers a PING, else 503
+    and why. (Nothing here works for long without Redis: queue, sessions, the bots' news.)"""
+
+    async def health(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(connection.ping)  # redis-py gives up after 5 s
+        except redis.RedisError as exc:
+            return PlainTextResponse(f"Redis does not answer ({exc.__class__.__name__})",
+                                     status_code=503)
+        return PlainTextResponse("ok")
+
+    return Route("/healthz", health)
+
+
+@dataclass(frozen=True)
+class WebPart:
+    """What a platform adds to the web app: its routes, a few words for the start-up line,
+    and `running`, a context manager the app holds open while it serves (the bot's event
+    relay, its webhook registration)."""
+
+    description: str
+    routes: list[BaseRoute]
+    running: Callable[[], AbstractAsyncContextManager[None]]
+
+
+def web_app(settings: Settings, secret: bytes, connection: redis.Redis,
+            parts: Sequence[WebPart] = ()) -> Starlette:
+    """The one web app: share pages, /healthz, and each part's routes. The parts start in
+    order when the app starts, and stop in the reverse order when it stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        use_bot_executor()
+        async with contextlib.AsyncExitStack() as running:
+            for part in parts:
+                await running.enter_async_context(part.running())
+            yield
+
+    routes = [*share_routes(settings, secret), health_route(connection),
+              *(route for part in parts for route in part.routes)]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def share_app(settings: Settings, secret: bytes) -> Starlette:
+    """The share pages alone, without Redis: what a test of the pages needs."""
+    return Starlette(routes=share_routes(settings, secret))
+
+
+def serve_app(*, slack: bool = True, telegram: bool = True) -> tuple[Starlette, str]:
+    """`lessonreel serve`: the web app with the bots the environment sets up for HTTP, and a
+    line saying what is mounted and why a bot is not (names of variables, never values).
+
+    Slack is mounted with SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET, unless SLACK_APP_TOKEN
+    says it runs in Socket Mode (its own service, `lessonreel bot slack`); Telegram with
+    TELEGRAM_BOT_TOKEN and LESSONREEL_TELEGRAM_WEBHOOK_SECRET (without the secret it polls, as
+    `lessonreel bot telegram`). A bot half set up for HTTP stops start-up with one sentence,
+    before Redis or the model start."""
+    env = os.environ
+    slack_config = telegram_config = None
+    notes = []
+    if not slack:
+        notes.append("Slack left out (--no-slack)")
+    elif not env.get("SLACK_BOT_TOKEN"):
+        notes.append("no Slack (SLACK_BOT_TOKEN is not set)")
+    elif env.get("SLACK_APP_TOKEN"):
+        notes.append("no Slack route: SLACK_APP_TOKEN is set, so the Slack bot runs in Socket "
+                     "Mode as its own service ('lessonreel bot slack')")
+    elif not env.get("SLACK_SIGNING_SECRET"):
+        notes.append("no Slack route: SLACK_SIGNING_SECRET is not set (HTTP mode needs it; "
+                     "Socket Mode needs SLACK_APP_TOKEN)")
+    else:
+        from bot.slack import slack_settings
+
+        slack_config = slack_settings(http=True)
+    if not telegram:
+        notes.append("Telegram left out (--no-telegram)")
+    elif not env.get("TELEGRAM_BOT_TOKEN"):
+        notes.append("no Telegram (TELEGRAM_BOT_TOKEN is not set)")
+    elif not env.get("LESSONREEL_TELEGRAM_WEBHOOK_SECRET"):
+        notes.append("no Telegram webhook: LESSONREEL_TELEGRAM_WEBHOOK_SECRET is not set, so "
+                     "the Telegram bot polls as its own service ('lessonreel bot telegram')")
+    else:
+        from bot.telegram import telegram_settings
+
+        telegram_config = telegram_settings(webhook=True)  # also wants LESSONREEL_PUBLIC_URL
+
+    parts = []
+    if slack_config is None and telegram_config is None:
+        settings = load_settings()
+        secret = share_secret(settings)  # a bad secret stops start-up before Redis starts
+        connection = connect(settings)
+    else:
+        runtime = build_runtime()
+        settings, secret, connection = runtime.settings, runtime.secret, runtime.connection
+        if slack_config is not None:
+            from bot.slack import http_part, slack_bot
+
+            parts.append(http_part(slack_bot(runtime, slack_config)))
+        if telegram_config is not None:
+            from bot.telegram import telegram_bot
+
+            parts.append(telegram_bot(runtime, telegram_config).webhook_part(
+                telegram_config["webhook_secret"], settings.public_url))
+    mounted = ", ".join(["share links", "/healthz", *(part.description for part in parts)])
+    return web_app(settings, secret, connection, parts), "; ".join([mounted, *notes])
+
+
+def run_web(app: Starlette, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM. uvicorn logs through the root logger's handlers (no
+    log_config of its own), where bot tokens are redacted; warnings only, so no access lines
+    (a share link's token is in its path)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)
