@@ -368,7 +368,8 @@ class SlackBot:
                     log.warning("could not fetch a file from Slack: %s", exc.__class__.__name__)
                     data = b""  # answered as an image that could not be read
                 outs = await asyncio.to_thread(self.service.image, place, author, data,
-                                               caption=readable(event.get("text", "")))
+                                               caption=readable(event.get("text", "")),
+                                               file_name=name)
             await self._post(place, outs)
 
     async def _download(self, url: str) -> bytes:

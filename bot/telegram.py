@@ -238,7 +238,8 @@ class TelegramBot:
                                            language=_language(update))
             await self._post(place, outs, reply_to=message)
             return
-        await self._image(update, place, document.file_id, document.file_size)
+        await self._image(update, place, document.file_id, document.file_size,
+                          file_name=document.file_name or "")
 
     async def _on_other_file(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -250,8 +251,8 @@ class TelegramBot:
                                        language=_language(update))
         await self._post(place, outs, reply_to=message)
 
-    async def _image(self, update: Update, place: Place, file_id: str, size: int | None
-                     ) -> None:
+    async def _image(self, update: Update, place: Place, file_id: str, size: int | None,
+                     *, file_name: str = "") -> None:
         message = update.effective_message
         author, language = _author(update), _language(update)
         if size and size > self.runtime.settings.bot.max_image_mb * 2**20:
@@ -261,7 +262,8 @@ class TelegramBot:
             file = await with_flood_control(lambda: self.bot.get_file(file_id))
             data = bytes(await file.download_as_bytearray())
             outs = await asyncio.to_thread(self.service.image, place, author, data,
-                                           caption=message.caption or "", language=language)
+                                           caption=message.caption or "", file_name=file_name,
+                                           language=language)
         await self._post(place, outs, reply_to=message)
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

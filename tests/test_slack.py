@@ -478,11 +478,17 @@ def test_a_file_in_the_thread_is_an_image_for_a_scene_or_politely_refused(slack_
     assert card["text"].startswith("Scene 3 will use your image.")
     assert len(downloads) == 2  # fetched once, not once per event
 
+    # The file name is read like a message: an unsafe one is refused, naming why.
+    named = {**png, "id": "F5", "name": "naked_students.png"}
+    bot.reply("", thread, subtype="file_share", files=[named])
+    refused = bot.wait_for_text(thread, "sexual")
+    assert "version 4" not in refused["text"]
+
     huge = {**png, "id": "F3", "size": 30 * 2**20}
     bot.reply("", thread, subtype="file_share", files=[huge])
     too_large = bot.wait_for_text(thread, "That image is 30.0 MB")
     assert "the limit is 10 MB" in too_large["text"]
-    assert len(downloads) == 2  # refused by the size Slack told, without fetching
+    assert len(downloads) == 3  # refused by the size Slack told, without fetching
 
 
 def test_slack_markup_in_teacher_text_is_shown_not_obeyed(slack_bot):

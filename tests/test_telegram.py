@@ -587,6 +587,12 @@ def test_photos_become_scene_images_and_other_files_are_declined_politely(
     assert any("image:" in line for line in card_scene_lines(card["text"], 3))
     assert fake.texts(TEACHER)[-1] == card["text"]  # nothing else was said after it
 
+    named = fake.document_message(TEACHER, png_bytes(200, 200), "naked_students.png",
+                                  "image/png")
+    fake.push_update(named)
+    refused = reply_to(fake, named, containing="sexual")
+    assert "version 4" not in refused["text"]
+
 
 # -- 8. commands and languages -------------------------------------------------------------
 
