@@ -63,7 +63,7 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     # A bad share secret is a start-up error too, not a surprise after the render.
     secret = share_secret(settings) if settings.public_url and not options.out else None
     llm = StoryboardLLM(settings, list(styles())) if settings.llm.model_path else None
-    policy = Policy.load()
+    policy = Policy.load(settings=settings)
     _check(policy.check_text(options.request), options.language or
            detect_language(options.request))
 

@@ -144,6 +144,35 @@ def _gbnf_char(cp: int) -> str:
     return f"\\u{cp:04X}" if cp <= 0xFFFF else f"\\U{cp:08X}"
 
 
+def load_gguf(path: Path, *, context: int, gpu_layers: int, threads: int) -> Any:
+    """A GGUF model loaded by llama.cpp (a `llama_cpp.Llama`), for models that decode greedily
+    (the moderation classifier); SettingsError when llama-cpp-python is missing or refuses the
+    file."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise SettingsError(
+            f"llama-cpp-python is not installed, so {path.name} cannot be loaded; "
+            "run pip install -e '.[llm]'."
+        ) from None
+    try:
+        return Llama(model_path=str(path), n_gpu_layers=gpu_layers, n_ctx=context,
+                     n_threads=threads or None, verbose=False)
+    except ValueError as exc:
+        raise SettingsError(f"llama.cpp cannot load {path}: {exc}.") from None
+
+
+def load_grammar(text: str, what: str) -> Any:
+    """A GBNF grammar compiled by llama.cpp (a `llama_cpp.LlamaGrammar`); SettingsError naming
+    `what` ("the moderation classifier's") when llama.cpp refuses it."""
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_string(text, verbose=False)
+    except Exception as exc:  # llama.cpp's parser raises bare Exceptions
+        raise SettingsError(f"llama.cpp refused {what} grammar: {exc}.") from None
+
+
 class StoryboardLLM:
     """A GGUF chat model loaded once, answering in the storyboard schema."""
 

@@ -14,6 +14,11 @@ Every language's rules run on every text: a message may mix languages. An `allow
 neutralises a block match that lies inside it ("sexual reproduction" vs "sexual"), so ordinary
 curriculum passes. A `Verdict` names the rule by position ("en:violence:12"), never by the
 words it matched: an audit record may keep the rule, but not text that holds personal data.
+
+The word lists always run first. Where `moderation.classifier` is set, what they pass is read
+again by a safety classifier model (engine/classifier.py), whose verdicts name rules such as
+"classifier:S1"; when it cannot answer, it refuses with `ModerationUnavailable` (or, set to
+fail open, lets the text through).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import re
 import tomllib
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import SettingsError
 from engine.paths import CONFIG_DIR
+from engine.settings import Settings, load_settings
 from engine.storyboard import Storyboard
 
 DEFAULT_DIRECTORY = CONFIG_DIR / "moderation"
@@ -283,24 +290,36 @@ def _priority(category: str) -> int:
 @dataclass(frozen=True)
 class Policy:
     languages: tuple[_Language, ...] = field(default=())
+    # A second opinion on what the word lists pass (engine/classifier.py); None: off.
+    classifier: Callable[[str], Verdict] | None = None
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> Policy:
-        """Every *.toml in config/moderation/; a bad list stops start-up with one sentence."""
+    def load(cls, directory: Path | None = None, settings: Settings | None = None) -> Policy:
+        """Every *.toml in config/moderation/, and the classifier `moderation.classifier`
+        names in `settings` (by default, `load_settings()`); a bad list or preset stops
+        start-up with one sentence."""
+        from engine.classifier import load_classifier  # it imports Verdict from this module
+
         directory = directory or DEFAULT_DIRECTORY
         paths = sorted(directory.glob("*.toml"))
         if not paths:
             raise SettingsError(f"No moderation word lists (*.toml) in {directory}.")
-        return cls(languages=tuple(_load_language(path) for path in paths))
+        return cls(languages=tuple(_load_language(path) for path in paths),
+                   classifier=load_classifier(settings or load_settings()))
 
     def check_text(self, text: str) -> Verdict:
-        """Allowed, or the first category (in `CATEGORIES` order) of the rules `text` breaks."""
+        """Allowed, or the first category (in `CATEGORIES` order) of the rules `text` breaks.
+
+        What the word lists pass goes to the classifier, when there is one: its verdict, or
+        `ModerationUnavailable` (a UserError) when it cannot answer and fails closed."""
         plain = plain_form(text)
         forms = {"plain": plain, "words": _words(plain), "substring": _substring(plain)}
         verdicts = [v for language in self.languages for v in language.blocked(forms)]
-        if not verdicts:
+        if verdicts:
+            return min(verdicts, key=lambda verdict: _priority(verdict.category or ""))
+        if self.classifier is None or not plain.strip():  # an empty caption needs no model
             return ALLOWED
-        return min(verdicts, key=lambda verdict: _priority(verdict.category or ""))
+        return self.classifier(text)
 
     def check_storyboard(self, board: Storyboard) -> Verdict:
         """Every field a render shows or is prompted with, read as one text: a named student in
