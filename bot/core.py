@@ -44,6 +44,7 @@ from engine.request import clean_text, detect_language
 from engine.settings import Settings
 from engine.share import media_file, revoke, token_of, verify
 from engine.storyboard import Storyboard, format_seconds
+from engine.workers import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class ChatService:
         self.routes = RouteStore(connection)
         self.library = Library(connection)
         # Students watch these videos: one policy reads what teachers send and what renders.
-        self.policy = Policy.load()
+        self.policy = Policy.load(settings=settings)
         self.queue_name: str | None = None  # None: the shared render queue
         self._waiting = 0
         self._waiting_lock = threading.Lock()
@@ -609,7 +610,27 @@ class ChatService:
                 if route is not None:
                     lines.append(f"{state} {job_id} · {route.place.platform} · {route.author} · "
                                  f"“{route.title}” v{route.version}")
-        return Out("\n".join(lines) or say(lang, "queue_empty"), language=lang)
+        return Out("\n".join([*(lines or [say(lang, "queue_empty")]),
+                              *self._workers_lines(lang)]), language=lang)
+
+    def _workers_lines(self, lang: str) -> list[str]:
+        """For admins: each render worker, its GPU, and what it does now."""
+        workers = live_workers(self.redis)
+        if not workers:
+            return [say(lang, "workers_none")]
+        lines = []
+        for worker in workers:
+            gpu = worker.gpu
+            where = say(lang, "worker_cpu") if gpu is None else say(
+                lang, "worker_gpu", name=gpu.name, temperature=gpu.temperature_c,
+                used=f"{(gpu.total_mb - gpu.free_mb) / 1024:.1f}",
+                total=f"{gpu.total_mb / 1024:.1f}")
+            doing = (say(lang, "worker_rendering", job=worker.job) if worker.job else
+                     say(lang, "worker_waiting", why=worker.waiting) if worker.waiting else
+                     say(lang, "worker_idle"))
+            lines.append(say(lang, "worker_line", host=worker.host, renderer=worker.renderer,
+                             gpu=where, doing=doing))
+        return lines
 
     def _videos(self, platform: str, author: Author, lang: str) -> Out:
         videos = self.library.of_owner(f"{platform}:{author.id}", VIDEOS_KEPT)

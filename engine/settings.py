@@ -91,6 +91,8 @@ class QueueSettings(_Section):
     name: str = Field("render", min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
     job_timeout_seconds: int = Field(1800, ge=30, le=86_400)
     result_ttl_seconds: int = Field(86_400, ge=60, le=30 * 86_400)
+    # Workers beat this often; one silent for three beats is dead and its job runs again.
+    heartbeat_seconds: float = Field(10.0, ge=0.2, le=300.0)
 
 
 class BotSettings(_Section):
@@ -137,6 +139,20 @@ class ShareSettings(_Section):
     link_days: int = Field(7, ge=1, le=3650)
 
 
+class ModerationSettings(_Section):
+    # A second opinion after the word lists: a preset of config/classifiers.toml ("": off);
+    # the name is checked against the presets when the policy loads (engine/classifier.py).
+    classifier: str = Field("", max_length=80)
+    # A GGUF file to use instead of the preset's file in the models folder.
+    model_path: str = ""
+    # When the classifier cannot answer: "closed" refuses, saying moderation is unavailable;
+    # "open" lets through what the word lists passed.
+    classifier_fails: Literal["closed", "open"] = "closed"
+    timeout_seconds: float = Field(10.0, ge=0.5, le=300.0)
+    max_tokens: int = Field(24, ge=4, le=256)
+    context: int = Field(8192, ge=1024, le=131_072)
+
+
 class Settings(_Section):
     data_dir: str = ""
     redis_url: str = ""
@@ -151,6 +167,7 @@ class Settings(_Section):
     bot: BotSettings = BotSettings()
     share: ShareSettings = ShareSettings()
     roles: RolesSettings = RolesSettings()
+    moderation: ModerationSettings = ModerationSettings()
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:

@@ -20,7 +20,8 @@ from rq.timeouts import TimerDeathPenalty
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RENDER_FUNCTION, render_queue
 from engine.settings import Settings
-from worker.gpu import is_cuda_fault, preflight_problem, read_gpu, reclaimable_mb
+from worker.gpu import GpuReading, is_cuda_fault, preflight_problem, read_gpu, reclaimable_mb
+from worker.heartbeat import Heartbeat
 
 EXIT_CUDA_FAULT = 3  # the supervisor restarts a worker that exits with this
 MAX_CUDA_FAULTS = 2  # runs of one job that may end in a CUDA fault before it fails
@@ -36,9 +37,8 @@ class ResidentWorker(SimpleWorker):
     queue and ends the process with EXIT_CUDA_FAULT: the CUDA context is unusable, and a
     fresh process under the supervisor will run the job again.
 
-    Caveat: SimpleWorker sends no heartbeat while a job runs, so a job whose worker was
-    killed stays "started" until its timeout. Our own heartbeat and recovery are still to
-    come (the operations issue).
+    SimpleWorker sends no heartbeat while a job runs; run_worker adds ours
+    (worker/heartbeat.py), which also gives a dead worker's job to a live one.
     """
 
     # Only these functions run: RQ would call whatever a job names, and whoever can write to
@@ -48,9 +48,11 @@ class ResidentWorker(SimpleWorker):
     preflight_wait_seconds: float = 10.0
     sleep: Callable[[float], None] = staticmethod(time.sleep)
     _faulted_job: str | None = None
+    waiting_for: str = ""  # why no job is taken now, for the heartbeat to tell admins
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while self.preflight is not None and (problem := self.preflight()):
+            self.waiting_for = problem
             self.log.warning("not taking a job yet: %s", problem)
             if timeout is None:  # burst mode: report and stop rather than wait
                 return None
@@ -58,6 +60,7 @@ class ResidentWorker(SimpleWorker):
             self.sleep(self.preflight_wait_seconds)
             if self._stop_requested:
                 return None
+        self.waiting_for = ""
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def handle_exception(self, job, *exc_info) -> None:
@@ -110,15 +113,39 @@ def run_worker(
         # renders in a background thread): time jobs out with a timer thread instead.
         worker.death_penalty_class = TimerDeathPenalty
     worker.preflight = gpu_preflight(settings)
-    return worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
+    heartbeat = Heartbeat(worker, queue, interval_seconds=settings.queue.heartbeat_seconds,
+                          renderer=renderer_name(settings), read_gpu=gpu_reader(settings),
+                          waiting=lambda: worker.waiting_for)
+    heartbeat.start()  # first rescues a job a killed worker left, then beats
+    try:
+        return worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
+    finally:
+        heartbeat.stop()
+
+
+def renderer_name(settings: Settings) -> str:
+    diffusion = settings.diffusion
+    return "animatic" if diffusion.renderer == "animatic" else diffusion.preset
+
+
+def gpu_index(settings: Settings) -> int | None:
+    """The GPU this worker renders on, or None for a CPU-only worker."""
+    device = settings.diffusion.device
+    if device == "cpu" or settings.diffusion.renderer == "animatic":
+        return None
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def gpu_reader(settings: Settings) -> Callable[[], GpuReading | None]:
+    index = gpu_index(settings)
+    return (lambda: None) if index is None else (lambda: read_gpu(index))
 
 
 def gpu_preflight(settings: Settings) -> Callable[[], str | None] | None:
     """The check a worker makes before each job, or None on a CPU-only worker."""
-    device = settings.diffusion.device
-    if device == "cpu" or settings.diffusion.renderer == "animatic":
+    index = gpu_index(settings)
+    if index is None:
         return None
-    index = int(device.split(":")[1]) if ":" in device else 0
 
     def check() -> str | None:
         reading = read_gpu(index)
