@@ -41,7 +41,7 @@ from engine.library import Library, VideoRecord, link_to
 from engine.llm import StoryboardLLM
 from engine.moderation import ALLOWED, Policy, Verdict
 from engine.request import clean_text, detect_language
-from engine.settings import Settings
+from engine.settings import IDENTITY_PATTERN, Settings
 from engine.share import media_file, revoke, token_of, verify
 from engine.storyboard import Storyboard, format_seconds
 from engine.workers import live_workers
@@ -54,6 +54,12 @@ DEDUPE_TTL_SECONDS = 86_400
 # Until a few renders have been timed, a queue estimate assumes this many seconds a job.
 DEFAULT_JOB_SECONDS = 60.0
 VIDEOS_KEPT = 20
+ROLES_KEY = PREFIX + "roles"  # identity -> role, as admins set them in chat
+ROLES = ("admin", "teacher", "student")
+ROLE_WORDS = {"admin": "admin", "teacher": "teacher", "student": "student", "remove": "remove",
+              "管理员": "admin", "教师": "teacher", "老师": "teacher", "学生": "student",
+              "移除": "remove"}
+IDENTITY = re.compile(IDENTITY_PATTERN)
 AUDIT_STREAM = "lessonreel:audit"  # what moderation blocked: who, when, which rule
 AUDIT_MAXLEN = 100_000
 # A thread's messages are taken one at a time; a turn holds the thread at most this long,
@@ -167,6 +173,7 @@ class Route:
     total: str
     preview: bool
     created_at: float = 0.0
+    batch: str = ""  # a row of a CSV batch: its news needs no status message of its own
 
 
 class SharedLLM:
@@ -253,6 +260,13 @@ class ChatService:
         return self._guarded(place, language, caption, lambda: self._in_turn(
             conversation, place, language, caption,
             lambda: self._image(place, author, data, caption, file_name, language)))
+
+    def batch(self, place: Place, author: Author, data: bytes, name: str, *,
+              language: str | None = None) -> list[Out]:
+        """A CSV file sent in a thread: a video for each row, one summary message."""
+        from bot.batch import batch_from_file  # bot.batch builds on this module
+
+        return batch_from_file(self, place, author, data, name, language=language)
 
     def image_too_large(self, place: Place, size: int, *, language: str | None = None
                         ) -> list[Out]:
@@ -365,6 +379,8 @@ class ChatService:
             return [self._videos(place.platform, author, lang)]
         if name in ("link", "revoke", "remix"):
             return self._library(place, author, name, argument.strip(), lang)
+        if name == "role":
+            return [self._change_role(place, author, argument.strip(), lang)]
         if name == "queue":
             if self.role_of(place, author) == "admin":
                 return [self._queue_status(conversation, lang), self._whole_queue(lang)]
@@ -648,16 +664,49 @@ class ChatService:
     # -- helpers -----------------------------------------------------------------------------
 
     def role_of(self, place: Place, author: Author) -> str:
-        """"admin", "teacher" or "student", from the [roles] settings."""
+        """"admin", "teacher" or "student": the [roles] settings, with what admins changed
+        in chat ("role teacher slack:U…"); a person's own role before their groups'."""
         roles = self.settings.roles
-        ids = {f"{place.platform}:{author.id}", *author.groups}
-        if ids & set(roles.admins):
+        person = f"{place.platform}:{author.id}"
+        ids = [person, *author.groups]
+        changed = dict(zip(ids, self.redis.hmget(ROLES_KEY, ids), strict=True))
+        if person not in roles.admins and changed[person]:
+            return changed[person].decode()
+        by_role = {role: {i for i in ids if changed[i] and changed[i].decode() == role}
+                   for role in ROLES}
+        if set(ids) & set(roles.admins) or by_role["admin"]:
             return "admin"
-        if ids & set(roles.students):
+        if set(ids) & set(roles.students) or by_role["student"]:
             return "student"
-        if not roles.teachers or ids & set(roles.teachers):
+        if not roles.teachers or set(ids) & set(roles.teachers) or by_role["teacher"]:
             return "teacher"
         return "student"
+
+    def _change_role(self, place: Place, author: Author, argument: str, lang: str) -> Out:
+        """For admins: "role" lists the changes made in chat, "role teacher slack:U…" gives
+        one, "role remove slack:U…" takes one back (the settings decide again)."""
+        if self.role_of(place, author) != "admin":
+            return Out(say(lang, "role_admins_only"), language=lang)
+        if not argument:
+            changed = sorted((k.decode(), v.decode()) for k, v in
+                             self.redis.hgetall(ROLES_KEY).items())
+            lines = [f"• {who}: {say(lang, 'role_' + role)}" for who, role in changed]
+            return Out("\n".join([say(lang, "role_list"), *lines]) if lines else
+                       say(lang, "role_none"), language=lang)
+        words = argument.split()
+        role = ROLE_WORDS.get(words[0].lower()) if len(words) == 2 else None
+        who = _identity(place, words[1]) if role else None
+        if role is None or who is None:
+            return Out(say(lang, "role_usage"), language=lang)
+        if who in self.settings.roles.admins:
+            return Out(say(lang, "role_from_settings", who=who), language=lang)
+        if role == "remove":
+            self.redis.hdel(ROLES_KEY, who)
+            return Out(say(lang, "role_removed", who=who), language=lang)
+        self.redis.hset(ROLES_KEY, who, role)
+        log.info("roles: %s:%s made %s a %s", place.platform, author.id, who, role)
+        return Out(say(lang, "role_set", who=who, role=say(lang, "role_" + role)),
+                   language=lang)
 
     def _refuse_non_teacher(self, place: Place, author: Author, language: str | None,
                             text: str) -> list[Out] | None:
@@ -877,7 +926,8 @@ def parse_command(text: str) -> tuple[str, str] | None:
         return name, rest
     # "remix r-1a2b3c4d5e6f", "revoke https://…/v/…": the argument shows it is a command.
     if (name in ("link", "remix") and re.fullmatch(r"r-[0-9a-f]{12}", rest)) or (
-            name == "revoke" and "/v/" in rest and " " not in rest):
+            name == "revoke" and "/v/" in rest and " " not in rest) or (
+            name == "role" and len(rest.split()) == 2 and rest.split()[0].lower() in ROLE_WORDS):
         return name, rest
     return None
 
@@ -919,6 +969,14 @@ def job_seconds(connection: redis.Redis) -> float:
     """What a render has taken lately (a running average kept by the relay)."""
     raw = connection.get(f"{PREFIX}stats:job_seconds")
     return float(raw) if raw else DEFAULT_JOB_SECONDS
+
+
+def _identity(place: Place, text: str) -> str | None:
+    """"slack:U123", or a mention in this platform ("<@U123>", "@U123"), as an identity."""
+    mention = re.fullmatch(r"<?@([A-Za-z0-9_.-]{1,64})(?:\|[^>]*)?>?", text)
+    if mention:
+        text = f"{place.platform}:{mention.group(1)}"
+    return text if IDENTITY.fullmatch(text) else None
 
 
 def _words_of_file_name(name: str) -> str:

@@ -69,6 +69,19 @@ SAY: dict[str, dict[str, str]] = {
         "cancel_sent": "Cancelling the render of version {version}…",
         "nothing_to_cancel": "Nothing is rendering here.",
         "queue_empty": "The render queue is empty.",
+        "role_admins_only": "Only admins may change who is a teacher or a student.",
+        "role_usage": ("Write “role teacher slack:U123” (or admin, student; in Slack "
+                       "“role student @someone” works too), “role remove slack:U123” to let the "
+                       "settings decide again, or “role” to list the changes made in chat."),
+        "role_set": "{who} is now {role}.",
+        "role_removed": "{who} has the role the settings give again.",
+        "role_from_settings": ("{who} is an admin in the settings file; change it there, not in "
+                               "the chat."),
+        "role_list": "Roles changed in chat:",
+        "role_none": "No roles were changed in chat; the settings decide for everyone.",
+        "role_admin": "an admin",
+        "role_teacher": "a teacher",
+        "role_student": "a student",
         "workers_none": "No render worker is running: renders wait until IT starts one "
                         "('lessonreel worker'; 'lessonreel doctor --role worker' says what is "
                         "missing).",
@@ -170,6 +183,18 @@ SAY: dict[str, dict[str, str]] = {
         "cancel_sent": "正在取消第 {version} 版的渲染…",
         "nothing_to_cancel": "这里没有正在渲染的视频。",
         "queue_empty": "渲染队列是空的。",
+        "role_admins_only": "只有管理员可以更改谁是老师或学生。",
+        "role_usage": ("请写“角色 教师 slack:U123”（或 管理员、学生；在 Slack 里也可以写"
+                       "“角色 学生 @某人”），“角色 移除 slack:U123”恢复由设置决定，或只写“角色”"
+                       "列出在聊天中做过的更改。"),
+        "role_set": "{who} 现在是{role}。",
+        "role_removed": "{who} 的角色重新由设置决定。",
+        "role_from_settings": "{who} 在设置文件里是管理员；请在那里修改，而不是在聊天中。",
+        "role_list": "在聊天中更改过的角色：",
+        "role_none": "聊天中没有更改过角色；所有人的角色由设置决定。",
+        "role_admin": "管理员",
+        "role_teacher": "老师",
+        "role_student": "学生",
         "workers_none": "没有正在运行的渲染进程：渲染会一直排队，直到 IT 启动一个"
                         "（'lessonreel worker'；'lessonreel doctor --role worker' 会说明缺什么）。",
         "worker_line": "🖥 {host} · {renderer} · {gpu} · {doing}",
@@ -213,6 +238,43 @@ SAY: dict[str, dict[str, str]] = {
     },
 }
 
+# Batches (bot/batch.py): a CSV file of requests, one video a row.
+SAY["en"].update({
+    "batch_summary": ("Batch “{name}”: {queued} of {total} rows queued, {failed} not. Each "
+                      "video's share link comes in this thread when it is finished."),
+    "batch_summary_none": ("Batch “{name}”: none of its {total} rows could be queued; each "
+                           "line below says why."),
+    "batch_unusable": "“{name}”: {reason}",
+    "batch_line": "line {line}",
+    "batch_queued_as": "queued as {job}",
+    "batch_more": "…and {count} more rows not listed here: {queued} queued, {failed} not.",
+    "batch_blocked": ("It touches on {category}, which is not suitable for students; change "
+                      "the request."),
+    "batch_queue_full": ("Not queued: the render queue is full ({limit} videos waiting); send "
+                         "this row again later."),
+    "batch_quota": ("Not queued: it would go beyond your {limit} render minutes for today; "
+                    "send this row again tomorrow."),
+    "batch_dry_run": "can be queued (dry run: not queued)",
+    "batch_totals": "{queued} of {total} rows queued, {failed} not.",
+    "batch_totals_dry_run": ("{queued} of {total} rows can be queued, {failed} cannot; nothing "
+                             "was queued (dry run)."),
+})
+SAY["zh"].update({
+    "batch_summary": ("批量“{name}”：{total} 行中 {queued} 行已排队，{failed} 行未排队。"
+                      "每个视频做好后，分享链接会发到这个话题里。"),
+    "batch_summary_none": "批量“{name}”：{total} 行都没能排队；原因见下面每一行。",
+    "batch_unusable": "“{name}”：{reason}",
+    "batch_line": "第 {line} 行",
+    "batch_queued_as": "已排队：{job}",
+    "batch_more": "……还有 {count} 行未列出：{queued} 行已排队，{failed} 行未排队。",
+    "batch_blocked": "内容涉及{category}，不适合学生；请修改 request。",
+    "batch_queue_full": "未排队：渲染队列已满（{limit} 个视频在等待）；请稍后再发送这一行。",
+    "batch_quota": "未排队：会超出你今天 {limit} 分钟的渲染配额；请明天再发送这一行。",
+    "batch_dry_run": "可以排队（试运行：未排队）",
+    "batch_totals": "{total} 行中 {queued} 行已排队，{failed} 行未排队。",
+    "batch_totals_dry_run": "{total} 行中 {queued} 行可以排队，{failed} 行不行；试运行，没有排队。",
+})
+
 # Command words a teacher may type, alone or after a slash, in either language.
 COMMAND_WORDS = {
     "help": "help", "帮助": "help", "start": "help",
@@ -226,6 +288,7 @@ COMMAND_WORDS = {
     "link": "link", "链接": "link",
     "revoke": "revoke", "撤销": "revoke",
     "remix": "remix", "翻新": "remix",
+    "role": "role", "角色": "role",
 }
 COMMANDS = ("help", "new", "show", "render", "preview", "cancel", "videos", "queue", "link",
             "revoke", "remix")

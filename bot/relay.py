@@ -268,8 +268,8 @@ class EventRelay:
             return False
         ref = await asyncio.to_thread(self.routes.status_ref, route.job_id)
         if ref is None:
-            if final or time.time() - route.created_at < STATUS_GRACE_SECONDS:
-                return False
+            if final or route.batch or time.time() - route.created_at < STATUS_GRACE_SECONDS:
+                return False  # (a batch's rows are listed in its summary: no message each)
             posted = await self.notifier.post_status(route, text)
             ref = await asyncio.to_thread(self.routes.claim_status, route.job_id, posted)
             if ref == posted:

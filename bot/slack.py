@@ -23,6 +23,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.batch import batch_too_large, is_batch_file
 from bot.core import ACTIONS, Author, Card, Out, Place, Route, parse_command
 from bot.messages import COMMAND_WORDS, say
 from bot.relay import Delivery
@@ -356,7 +357,9 @@ class SlackBot:
         for item in event.get("files", [])[:4]:
             name = item.get("name") or "file"
             url = item.get("url_private_download") or item.get("url_private")
-            if not str(item.get("mimetype", "")).startswith("image/") or not url:
+            if url and is_batch_file(name, str(item.get("mimetype", ""))):
+                outs = await self._batch(place, author, name, url, int(item.get("size") or 0))
+            elif not str(item.get("mimetype", "")).startswith("image/") or not url:
                 outs = await asyncio.to_thread(self.service.unsupported_file, place, name)
             elif int(item.get("size") or 0) > self.runtime.settings.bot.max_image_mb * 2**20:
                 outs = await asyncio.to_thread(self.service.image_too_large, place,
@@ -372,9 +375,21 @@ class SlackBot:
                                                file_name=name)
             await self._post(place, outs)
 
-    async def _download(self, url: str) -> bytes:
+    async def _batch(self, place: Place, author: Author, name: str, url: str, size: int
+                     ) -> list[Out]:
+        """A CSV file: a video for each row. Refused by the size Slack tells, unfetched."""
+        limit = self.runtime.settings.batch.max_bytes
+        if size > limit:
+            return await asyncio.to_thread(batch_too_large, self.service, place, name)
+        try:
+            data = await self._download(url, limit=limit + 1)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("could not fetch a file from Slack: %s", exc.__class__.__name__)
+            data = b""  # answered as an empty file
+        return await asyncio.to_thread(self.service.batch, place, author, data, name)
 
-        limit = self.runtime.settings.bot.max_image_mb * 2**20 + 1
+    async def _download(self, url: str, *, limit: int | None = None) -> bytes:
+        limit = limit or self.runtime.settings.bot.max_image_mb * 2**20 + 1
         headers = {"Authorization": f"Bearer {self.client.token}"}
         data = bytearray()
         async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:

@@ -43,6 +43,7 @@ from telegram.ext import (
     filters,
 )
 
+from bot.batch import batch_too_large, is_batch_file
 from bot.core import Author, Out, Place, Route
 from bot.messages import COMMANDS, say
 from bot.relay import Delivery
@@ -232,6 +233,9 @@ class TelegramBot:
         if place is None:
             return
         document = message.document
+        if is_batch_file(document.file_name or "", document.mime_type or ""):
+            await self._batch(update, place, document)
+            return
         if not (document.mime_type or "").startswith("image/"):
             outs = await asyncio.to_thread(self.service.unsupported_file, place,
                                            document.file_name or "file",
@@ -240,6 +244,20 @@ class TelegramBot:
             return
         await self._image(update, place, document.file_id, document.file_size,
                           file_name=document.file_name or "")
+
+    async def _batch(self, update: Update, place: Place, document) -> None:
+        """A CSV file: a video for each row. Refused by the size Telegram tells, unfetched."""
+        message, name, language = update.effective_message, document.file_name or "", \
+            _language(update)
+        if (document.file_size or 0) > self.runtime.settings.batch.max_bytes:
+            outs = await asyncio.to_thread(batch_too_large, self.service, place, name,
+                                           language=language)
+        else:
+            file = await with_flood_control(lambda: self.bot.get_file(document.file_id))
+            data = bytes(await file.download_as_bytearray())
+            outs = await asyncio.to_thread(self.service.batch, place, _author(update), data,
+                                           name, language=language)
+        await self._post(place, outs, reply_to=message)
 
     async def _on_other_file(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message

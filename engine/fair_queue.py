@@ -7,6 +7,17 @@ job now at the head of the line, and the list stays ordered by tag (first come f
 tie). Teachers' jobs therefore interleave, and a teacher who arrives after another's
 batch waits for at most one of that batch's jobs per job of their own ahead.
 
+A job may also ask for a priority (`PRIORITIES`), which never buys a turn from another
+teacher:
+
+- "high" ignores the teacher's own backlog: its turn counts from the head of the line and
+  from the teacher's earlier high jobs only, and it goes in front of the normal jobs of
+  that turn. A teacher's high jobs still take one turn each, so marking everything high
+  gains nothing over other teachers. Nothing goes in front of the job at the head of the
+  line: it is next, whatever arrives.
+- "low" goes behind every normal and high job, now and later; low jobs take fair turns
+  among themselves.
+
 The insert runs as one Lua script, so two bots enqueueing at once cannot interleave a
 read and a write. Jobs pushed by plain RQ (a job requeued by RQ's own registries) carry
 no tag and keep their place.
@@ -14,20 +25,32 @@ no tag and keep their place.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from rq import Queue
 
 PREFIX = "lessonreel:fair:"
 OWNER_TTL_SECONDS = 7 * 86_400
+Priority = Literal["low", "normal", "high"]
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+# Low jobs' tags start here, so one ordered list holds both bands (a float keeps integers
+# exact to 2**53: this leaves room for a billion years of renders).
+LOW_BAND = 10**12
 
-# KEYS: queue list, tags hash (job -> tag), last tag per owner hash, clock, owner of this job
-# ARGV: job id, at_front ("1" or "0")
+# KEYS: queue list, tags hash (job -> tag), last turn per owner hash for normal, for high and
+#       for low jobs, clock (the largest tag given) of normal and high jobs, of low jobs,
+#       owner of this job, priority of this job
+# ARGV: job id, at_front ("1" or "0"), LOW_BAND
 _INSERT = """
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local low_band = tonumber(ARGV[3])
+local priority = redis.call('GET', KEYS[9]) or 'normal'
+local low = priority == 'low'
 local waiting, head = {}, nil
 for _, id in ipairs(ids) do
   local tag = tonumber(redis.call('HGET', KEYS[2], id))
   waiting[id] = tag or false
-  if tag and (head == nil or tag < head) then head = tag end
+  if tag and (tag >= low_band) == low and (head == nil or tag < head) then head = tag end
 end
 -- Forget the tags of jobs that left the line (a worker took them, or they were cancelled).
 for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
@@ -37,37 +60,60 @@ if ARGV[2] == '1' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
   return 0
 end
-local owner = redis.call('GET', KEYS[5]) or ''
-local now = head and (head - 1) or tonumber(redis.call('GET', KEYS[4]) or '0')
-local tag = math.max(now, tonumber(redis.call('HGET', KEYS[3], owner) or '0')) + 1
+local owner = redis.call('GET', KEYS[8]) or ''
+local last = KEYS[3]
+if priority == 'high' then last = KEYS[4] elseif low then last = KEYS[5] end
+local clock = low and KEYS[7] or KEYS[6]
+local base = low and low_band or 0
+local now = head and (head - 1) or tonumber(redis.call('GET', clock) or base)
+local turn = math.max(now, tonumber(redis.call('HGET', last, owner) or base)) + 1
+redis.call('HSET', last, owner, turn)
+local tag = turn
+if priority == 'high' then
+  tag = turn - 0.5  -- in front of the normal jobs of its turn
+  -- The teacher's next normal job comes after this turn: high buys no second lane.
+  if turn > tonumber(redis.call('HGET', KEYS[3], owner) or '0') then
+    redis.call('HSET', KEYS[3], owner, turn)
+  end
+end
 redis.call('HSET', KEYS[2], ARGV[1], tag)
-redis.call('HSET', KEYS[3], owner, tag)
-if tag > tonumber(redis.call('GET', KEYS[4]) or '0') then redis.call('SET', KEYS[4], tag) end
-for _, id in ipairs(ids) do
+if tag > tonumber(redis.call('GET', clock) or base) then redis.call('SET', clock, tag) end
+for index, id in ipairs(ids) do
   local other = waiting[id]
-  if other and other > tag then
+  if index > 1 and other and other > tag then  -- never in front of the head of the line
     redis.call('LINSERT', KEYS[1], 'BEFORE', id, ARGV[1])
-    return tag
+    return tostring(tag)
   end
 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
-return tag
+return tostring(tag)
 """
 
 
 class FairQueue(Queue):
     """An RQ queue whose new jobs take fair turns between their owners (see the module)."""
 
-    def set_owner(self, job_id: str, owner: str) -> None:
-        """Name the teacher a job belongs to; call before enqueueing it."""
-        self.connection.set(_owner_key(job_id), owner, ex=OWNER_TTL_SECONDS)
+    def set_owner(self, job_id: str, owner: str, priority: Priority = "normal") -> None:
+        """Name the teacher a job belongs to, and its priority; call before enqueueing it."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
+        with self.connection.pipeline() as pipe:
+            pipe.set(_owner_key(job_id), owner, ex=OWNER_TTL_SECONDS)
+            pipe.set(_priority_key(job_id), priority, ex=OWNER_TTL_SECONDS)
+            pipe.execute()
 
     def push_job_id(self, job_id: str, pipeline=None, at_front: bool = False) -> None:
         script = self.connection.register_script(_INSERT)
-        keys = [self.key, f"{PREFIX}{self.name}:tags", f"{PREFIX}{self.name}:last",
-                f"{PREFIX}{self.name}:clock", _owner_key(job_id)]
-        script(keys=keys, args=[job_id, "1" if at_front else "0"], client=pipeline)
+        fair = f"{PREFIX}{self.name}"
+        keys = [self.key, f"{fair}:tags", f"{fair}:last", f"{fair}:last:high",
+                f"{fair}:last:low", f"{fair}:clock", f"{fair}:clock:low",
+                _owner_key(job_id), _priority_key(job_id)]
+        script(keys=keys, args=[job_id, "1" if at_front else "0", LOW_BAND], client=pipeline)
 
 
 def _owner_key(job_id: str) -> str:
     return f"{PREFIX}owner:{job_id}"
+
+
+def _priority_key(job_id: str) -> str:
+    return f"{PREFIX}priority:{job_id}"

@@ -17,7 +17,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from engine.events import EventLog, RenderEvent
-from engine.fair_queue import FairQueue
+from engine.fair_queue import FairQueue, Priority
 from engine.settings import Settings
 from engine.storyboard import Storyboard
 
@@ -78,10 +78,12 @@ def render_queue(connection: redis.Redis, settings: Settings,
 
 def enqueue_render(
     connection: redis.Redis, settings: Settings, spec: RenderSpec, *,
-    queue: FairQueue | None = None,
+    queue: FairQueue | None = None, priority: Priority = "normal",
 ) -> Job:
+    """Put a render on the queue, taking a fair turn between owners at `priority`
+    (engine/fair_queue.py: "high" and "low" never take a turn from another teacher)."""
     queue = queue or render_queue(connection, settings)
-    queue.set_owner(spec.job_id, spec.owner)
+    queue.set_owner(spec.job_id, spec.owner, priority)
     job = queue.enqueue(
         RENDER_FUNCTION,
         spec.model_dump(mode="json"),

@@ -114,8 +114,8 @@ class BotSettings(_Section):
     render_minutes_per_day: int = Field(120, ge=0, le=1440)
 
 
-Identity = Annotated[str, Field(pattern=r"^(slack|slack-team|telegram|telegram-chat|console):"
-                                         r"[A-Za-z0-9_.\-*]{1,64}$")]
+IDENTITY_PATTERN = r"^(slack|slack-team|telegram|telegram-chat|console):[A-Za-z0-9_.\-*]{1,64}$"
+Identity = Annotated[str, Field(pattern=IDENTITY_PATTERN)]
 
 
 class RolesSettings(_Section):
@@ -153,6 +153,20 @@ class ModerationSettings(_Section):
     context: int = Field(8192, ge=1024, le=131_072)
 
 
+class MetricsSettings(_Section):
+    # GET /metrics wants "Authorization: Bearer <token>" when set; empty: open. A secret: set
+    # it in the environment (LESSONREEL_METRICS__TOKEN), not in a file.
+    token: str = ""
+
+
+class BatchSettings(_Section):
+    # A batch is a CSV of requests, one video a row ('lessonreel batch', or a file in a thread).
+    # Most rows one file may hold; a longer file is refused whole.
+    max_rows: int = Field(200, ge=1, le=10_000)
+    # Largest file read, in bytes; a larger one is refused whole.
+    max_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+
+
 class Settings(_Section):
     data_dir: str = ""
     redis_url: str = ""
@@ -168,6 +182,8 @@ class Settings(_Section):
     share: ShareSettings = ShareSettings()
     roles: RolesSettings = RolesSettings()
     moderation: ModerationSettings = ModerationSettings()
+    batch: BatchSettings = BatchSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:

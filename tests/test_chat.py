@@ -520,6 +520,28 @@ def test_a_job_going_in_ahead_on_another_platform_moves_the_others_back(runtime,
     assert "status-a" not in statuses  # its place did not change: no needless edit
 
 
+def test_a_batchs_rows_get_no_status_message_each_but_each_result(runtime, service,
+                                                                   monkeypatch):
+    notifier = RecordingNotifier()
+    relay_ = relay(runtime, notifier)
+    csv = b"request\nExplain photosynthesis to grade 7\nWhy the moon has phases\n"
+    [summary] = service.batch(place(), TEACHER, csv, "week.csv")
+    assert "2 of 2 rows queued" in summary.text
+    jobs = render_queue(runtime.connection, runtime.settings).job_ids
+    later = time.time() + 3600  # long past the grace in which an adapter posts a status
+    monkeypatch.setattr("bot.relay.time.time", lambda: later)
+    for job in jobs:
+        EventLog(runtime.connection).publish(RenderEvent(job_id=job, kind="progress",
+                                                         fraction=0.5))
+    drain(relay_)
+    assert notifier.posted == 0 and notifier.statuses == []
+    for job in jobs:
+        EventLog(runtime.connection).publish(RenderEvent(job_id=job, kind="failed",
+                                                         message="x"))
+    drain(relay_)
+    assert [job for job, _delivery in notifier.deliveries] == jobs
+
+
 def test_quick_messages_in_one_thread_are_taken_in_turn_not_refused(service):
     service.message(place(), TEACHER, REQUEST)
     edits = ["make scene 1 shorter", "make scene 2 longer", "make scene 3 shorter",
@@ -705,3 +727,31 @@ def test_a_teacher_makes_and_revokes_links_and_remixes_a_past_video(service, run
     assert f"({job})" in remix.text and "photosynthesis" in remix.card.heading.lower()
     [edited] = service.message(place("new"), TEACHER, "make scene 2 shorter")
     assert edited.card.version == 2  # the remix is a storyboard of its own, to edit
+
+
+def test_an_admin_changes_roles_in_chat_and_the_settings_admins_stay(service):
+    _with(service, roles={"admins": ("slack:UA",)})
+
+    def slack(thread: str = "t") -> Place:
+        return Place("slack", "C1", thread)
+
+    admin, someone = Author("UA", "Admin"), Author("U5", "Mr Li")
+    [refused] = service.message(slack("r"), TEACHER, "role student slack:U5")
+    assert "Only admins" in refused.text
+    [made] = service.message(slack("r"), admin, "role student slack:U5")
+    assert made.text == "slack:U5 is now a student."
+    [watch] = service.message(slack("s"), someone, REQUEST)
+    assert watch.card is None and "made by teachers" in watch.text
+    [listed] = service.message(slack("r"), admin, "/role")
+    assert "• slack:U5: a student" in listed.text
+    [mention] = service.message(slack("r"), admin, "role admin <@U5>")  # Slack's mention
+    assert mention.text == "slack:U5 is now an admin."
+    assert service.role_of(slack(), someone) == "admin"
+    [untouchable] = service.message(slack("r"), someone, "角色 学生 slack:UA")
+    assert "设置文件" in untouchable.text and service.role_of(slack(), admin) == "admin"
+    [back] = service.message(slack("r"), admin, "role remove slack:U5")
+    assert "settings give again" in back.text
+    [card] = service.message(slack("s2"), someone, REQUEST)
+    assert card.card is not None  # a teacher again, as the settings say
+    [usage] = service.message(slack("r"), admin, "/role boss slack:U5")
+    assert "role teacher slack:U123" in usage.text

@@ -14,11 +14,11 @@ from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from tests.conftest import make_storyboard
 
 
-def _enqueue(connection, settings, owner: str) -> str:
+def _enqueue(connection, settings, owner: str, priority: str = "normal") -> str:
     job_id = new_job_id()
     enqueue_render(connection, settings, RenderSpec(
         job_id=job_id, conversation=f"test:{job_id}", version=1, owner=owner,
-        storyboard=make_storyboard((2,)), output=job_id))
+        storyboard=make_storyboard((2,)), output=job_id), priority=priority)
     return job_id
 
 
@@ -121,3 +121,64 @@ def test_a_teacher_is_told_their_fair_place_in_line(runtime):
     assert "1 video ahead" in theirs.text, theirs.text
     assert render_queue(runtime.connection, runtime.settings).job_ids.index(
         theirs.follows_job) == 1
+
+
+# -- priorities ------------------------------------------------------------------------------
+
+
+def test_a_high_row_of_a_batch_runs_before_the_teachers_normal_rows_but_not_before_the_head(
+        settings, redis_connection):
+    head = _enqueue(redis_connection, settings, "slack:B")  # another teacher's, first in line
+    normal = [_enqueue(redis_connection, settings, "slack:A") for _ in range(3)]
+    urgent = _enqueue(redis_connection, settings, "slack:A", "high")
+    assert render_queue(redis_connection, settings).job_ids == [head, urgent, *normal]
+
+
+def test_a_high_job_waits_behind_the_head_even_when_the_head_is_the_teachers_own(
+        settings, redis_connection):
+    mine = [_enqueue(redis_connection, settings, "slack:A") for _ in range(3)]
+    urgent = _enqueue(redis_connection, settings, "slack:A", "high")
+    assert render_queue(redis_connection, settings).job_ids == [mine[0], urgent, *mine[1:]]
+
+
+def test_marking_every_job_high_takes_no_turn_from_another_teacher(settings, redis_connection):
+    for _ in range(5):
+        _enqueue(redis_connection, settings, "slack:A", "high")
+    _enqueue(redis_connection, settings, "slack:B")
+    _enqueue(redis_connection, settings, "slack:B")
+    assert _owners_in_worker_order(redis_connection, settings) == [
+        "slack:A", "slack:B", "slack:A", "slack:B", "slack:A", "slack:A", "slack:A"]
+
+
+def test_high_rows_first_then_normal_rows_give_a_teacher_one_turn_at_a_time(
+        settings, redis_connection):
+    """A batch enqueues its high rows first: they do not open a second lane beside its
+    normal rows, so another teacher still gets every other turn."""
+    for priority in ("high", "high", "normal", "normal"):
+        _enqueue(redis_connection, settings, "slack:A", priority)
+    for _ in range(4):
+        _enqueue(redis_connection, settings, "slack:B")
+    assert _owners_in_worker_order(redis_connection, settings) == ["slack:A", "slack:B"] * 4
+
+
+def test_low_jobs_run_last_even_behind_normal_jobs_that_arrive_later(settings, redis_connection):
+    first = _enqueue(redis_connection, settings, "slack:C")
+    background = [_enqueue(redis_connection, settings, "slack:A", "low") for _ in range(2)]
+    later = [_enqueue(redis_connection, settings, owner) for owner in ("slack:B", "slack:A")]
+    urgent = _enqueue(redis_connection, settings, "slack:B", "high")
+    assert render_queue(redis_connection, settings).job_ids == [
+        first, urgent, *later, *background]
+
+
+def test_low_jobs_take_fair_turns_among_themselves(settings, redis_connection):
+    for _ in range(3):
+        _enqueue(redis_connection, settings, "slack:A", "low")
+    _enqueue(redis_connection, settings, "slack:B", "low")
+    assert _owners_in_worker_order(redis_connection, settings) == [
+        "slack:A", "slack:B", "slack:A", "slack:A"]
+
+
+def test_an_unknown_priority_is_refused_before_anything_is_queued(settings, redis_connection):
+    with pytest.raises(ValueError, match="priority must be one of low, normal, high"):
+        _enqueue(redis_connection, settings, "slack:A", "urgent")
+    assert render_queue(redis_connection, settings).count == 0

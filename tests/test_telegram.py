@@ -594,6 +594,29 @@ def test_photos_become_scene_images_and_other_files_are_declined_politely(
     assert "version 4" not in refused["text"]
 
 
+def test_a_csv_in_the_chat_queues_a_video_per_row_with_one_summary_and_each_result(
+        fake, make_runtime, start_bot):
+    runtime = make_runtime()
+    start_bot(runtime)
+    csv = (b"title,request,duration\n"
+           b"Leaves,Explain photosynthesis to grade 7,10\n"
+           b"Magnets,How magnets attract and repel,forever\n"
+           b"Moon,Why the moon has phases,10s\n")
+    upload = fake.document_message(TEACHER, csv, "week3.csv", "text/csv")
+    fake.push_update(upload)
+    summary = reply_to(fake, upload, containing="week3.csv")
+    assert "2 of 3 rows queued" in summary["text"]
+    assert "line 3" in summary["text"] and "line 2" in summary["text"]
+    assert render_queue(runtime.connection, runtime.settings).count == 2
+    render(runtime)
+    ready = fake.wait_for(lambda: [m for m in fake.bot_messages(TEACHER)
+                                   if "Your video is ready" in m.get("caption", m.get("text", ""))]
+                          if len(fake.sent_videos) == 2 else None, 60, what="both videos")
+    assert len(ready) == 2
+    # One summary and the two results: no status message of its own for each row.
+    assert not [t for t in fake.texts(TEACHER) if "is queued" in t or "Rendering" in t]
+
+
 # -- 8. commands and languages -------------------------------------------------------------
 
 
