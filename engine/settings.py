@@ -167,6 +167,53 @@ class BatchSettings(_Section):
     max_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
 
 
+class NarrationSettings(_Section):
+    # Speak each scene's narration; a scene lasts as long as its narration needs.
+    enabled: bool = True
+    # "auto": a neural voice preset for the language when installed, else espeak-ng.
+    backend: Literal["auto", "espeak", "neural", "none"] = "auto"
+    # Voice per language: an espeak-ng voice ("en-us", "cmn") or a preset of config/voices.toml.
+    voice_en: str = Field("", max_length=80)
+    voice_zh: str = Field("", max_length=80)
+    speed: float = Field(1.0, ge=0.5, le=2.0)
+    # Silence after each scene's narration before the next scene.
+    pause_seconds: float = Field(0.4, ge=0.0, le=3.0)
+
+
+class AudioSettings(_Section):
+    # A folder of the school's own music (mp3, ogg, wav, flac, m4a). Empty: no music.
+    music_dir: str = Field("", max_length=500)
+    # "random": a track from music_dir per video; "none"; or one file name in music_dir.
+    music: str = Field("random", max_length=200)
+    # How much quieter the music is while the voice speaks than between phrases.
+    duck_db: float = Field(14.0, ge=0.0, le=40.0)
+    # The whole track's integrated loudness (EBU R128), in LUFS.
+    target_lufs: float = Field(-16.0, ge=-40.0, le=-5.0)
+
+
+class BrandingSettings(_Section):
+    school_name: str = Field("", max_length=120)
+    logo_path: str = Field("", max_length=500)
+    # Colours of the intro and outro cards, as #rrggbb.
+    background: str = Field("#1f3b5c", pattern=r"^#[0-9a-fA-F]{6}$")
+    foreground: str = Field("#ffffff", pattern=r"^#[0-9a-fA-F]{6}$")
+    # "auto": the cards when a logo is set; "on"; "off".
+    cards: Literal["auto", "on", "off"] = "auto"
+    intro_seconds: float = Field(2.5, ge=1.0, le=10.0)
+    outro_seconds: float = Field(2.5, ge=1.0, le=10.0)
+
+
+class OutputSettings(_Section):
+    # H.264 plays everywhere; H.265 is about half the size, for archives.
+    codec: Literal["h264", "h265"] = "h264"
+    # Upscale the final video: "none" keeps the model's size.
+    upscale: Literal["none", "720p", "1080p"] = "none"
+    # Model clips run at the model's fps; 0 keeps it, 24 or 32 interpolates frames.
+    interpolate_fps: int = Field(0, ge=0, le=60)
+    # "ffmpeg": motion-compensated interpolation; "rife": the RIFE preset, when installed.
+    interpolation: Literal["ffmpeg", "rife"] = "ffmpeg"
+
+
 class Settings(_Section):
     data_dir: str = ""
     redis_url: str = ""
@@ -184,6 +231,10 @@ class Settings(_Section):
     moderation: ModerationSettings = ModerationSettings()
     batch: BatchSettings = BatchSettings()
     metrics: MetricsSettings = MetricsSettings()
+    narration: NarrationSettings = NarrationSettings()
+    audio: AudioSettings = AudioSettings()
+    branding: BrandingSettings = BrandingSettings()
+    output: OutputSettings = OutputSettings()
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Settings:
