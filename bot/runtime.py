@@ -16,6 +16,7 @@ from bot.relay import EventRelay, Notifier
 from engine.connection import connect
 from engine.drafter import styles
 from engine.llm import StoryboardLLM
+from engine.logs import redact_token_in_logs as redact_token_in_logs  # the bots' import
 from engine.settings import Settings, load_settings
 from engine.share import share_secret
 
@@ -71,32 +72,3 @@ class RelayThread(threading.Thread):
         self.join(timeout=5)
         if remove_group:
             self.relay.remove_group()
-
-
-class TokenRedactor(logging.Filter):
-    """Keeps a token out of log lines: Telegram's Bot API puts it in every URL, and a URL can
-    reach a message or a traceback (a library's error, a debug line)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.token:
-            return True
-        message = record.getMessage()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "<bot token>"), None
-        if record.exc_text and self.token in record.exc_text:
-            record.exc_text = record.exc_text.replace(self.token, "<bot token>")
-        return True
-
-
-def redact_token_in_logs(token: str) -> TokenRedactor:
-    """Install a TokenRedactor on every handler of the root logger (where the CLI logs)."""
-    redactor = TokenRedactor(token)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redactor)
-    return redactor

@@ -6,17 +6,18 @@ SHARED_FILES, and only for a link whose signature and expiry check out and that 
 been revoked. Bad links get a plain page: 404 for a forged, tampered, malformed or expired
 link, 403 for a revoked one.
 
-There is one web app (`web_app`): the share pages, /healthz, and the parts platforms add — the
-Slack events endpoint, the Telegram webhook — each with what must run while the app serves
-(its bot's event relay). `lessonreel serve` mounts what the environment configures
-(`serve_app`); `lessonreel bot slack --http` and `bot telegram --webhook` serve the same app
-with their one part.
+There is one web app (`web_app`): the share pages, /healthz, /metrics (Prometheus text
+format, engine/metrics.py), and the parts platforms add — the Slack events endpoint, the
+Telegram webhook — each with what must run while the app serves (its bot's event relay).
+`lessonreel serve` mounts what the environment configures (`serve_app`); `lessonreel bot
+slack --http` and `bot telegram --webhook` serve the same app with their one part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import html
 import json
 import os
@@ -32,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from bot.runtime import build_runtime, use_bot_executor
 from engine.connection import connect
+from engine.metrics import exposition
 from engine.settings import Settings, load_settings
 from engine.share import ShareLink, is_revoked, media_file, share_secret, verify
 
@@ -59,6 +61,8 @@ PLAIN = """<!doctype html>
 <body><h1>{heading}</h1><p>{text}</p></body></html>
 """
 GONE = "This link has expired or is not valid. Ask your teacher for a new one."
+NOT_READY = ("This video is not ready yet, or it was removed. Try again later, or ask your "
+             "teacher.")
 REVOKED = "This link was withdrawn. Ask your teacher for a new one."
 NO_STORE = {"Cache-Control": "private, no-store", "Referrer-Policy": "no-referrer"}
 
@@ -83,7 +87,9 @@ def share_routes(settings: Settings, secret: bytes) -> list[Route]:
         if isinstance(link, Response):
             return link
         if media_file(settings, link.folder, "video.mp4") is None:
-            return plain_page(404, GONE)
+            # A good link to a video still being made (a batch hands links out at once), or
+            # to one deleted since.
+            return plain_page(404, NOT_READY)
         board = _storyboard(settings, link.folder)
         title = str(board.get("title") or "lessonreel")
         lang = str(board.get("language") or "en")
@@ -146,6 +152,28 @@ def health_route(connection: redis.Redis) -> Route:
     return Route("/healthz", health)
 
 
+def metrics_route(settings: Settings, connection: redis.Redis) -> Route:
+    """GET /metrics, for Prometheus: the queue, the jobs' stage times and outcomes, the
+    workers and their GPUs, read from Redis at each scrape (engine/metrics.py). With
+    metrics.token set, only for "Authorization: Bearer <token>"."""
+    token = settings.metrics.token.encode()
+
+    async def metrics(request: Request) -> Response:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token and not (scheme.lower() == "bearer"
+                          and hmac.compare_digest(given.strip().encode(), token)):
+            return PlainTextResponse("This needs the metrics token (metrics.token).",
+                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body, content_type = await asyncio.to_thread(exposition, connection, settings)
+        except redis.RedisError as exc:
+            return PlainTextResponse(f"Redis does not answer ({exc.__class__.__name__})",
+                                     status_code=503)
+        return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
+
+    return Route("/metrics", metrics)
+
+
 @dataclass(frozen=True)
 class WebPart:
     """What a platform adds to the web app: its routes, a few words for the start-up line,
@@ -159,8 +187,8 @@ class WebPart:
 
 def web_app(settings: Settings, secret: bytes, connection: redis.Redis,
             parts: Sequence[WebPart] = ()) -> Starlette:
-    """The one web app: share pages, /healthz, and each part's routes. The parts start in
-    order when the app starts, and stop in the reverse order when it stops."""
+    """The one web app: share pages, /healthz, /metrics, and each part's routes. The parts
+    start in order when the app starts, and stop in the reverse order when it stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):
@@ -171,6 +199,7 @@ def web_app(settings: Settings, secret: bytes, connection: redis.Redis,
             yield
 
     routes = [*share_routes(settings, secret), health_route(connection),
+              metrics_route(settings, connection),
               *(route for part in parts for route in part.routes)]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -379,10 +379,14 @@ def test_a_file_error_is_a_batch_error_in_the_asked_language(settings):
 # -- the command -------------------------------------------------------------------------------
 
 
+LESSONREEL = Path(sys.executable).parent / "lessonreel"
+
+
 def run_batch(*args: str, data_dir: Path, redis_url: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
     env.update({"LESSONREEL_DATA_DIR": str(data_dir), "LESSONREEL_REDIS_URL": redis_url})
-    return subprocess.run([sys.executable, "-m", "bot.batch", *args], env=env, cwd=ROOT,
+    command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
+    return subprocess.run([*command, "batch", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

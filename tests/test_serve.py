@@ -5,6 +5,7 @@ redis-server, and the real worker renders with the CPU animatic."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -254,9 +255,10 @@ def test_the_command_says_in_one_line_what_it_serves_and_never_a_token(tmp_path)
             process.terminate()
             process.wait(timeout=15)
     text = log.read_text()
-    [line] = [line for line in text.splitlines() if "serving on" in line]
-    assert line.endswith(f"serving on 127.0.0.1:{port}: share links, /healthz, Slack events at "
-                         "POST /slack/events; Telegram left out (--no-telegram)"), line
+    # Not on a terminal: one JSON object per line.
+    [line] = [json.loads(line)["message"] for line in text.splitlines() if "serving on" in line]
+    assert line == (f"serving on 127.0.0.1:{port}: share links, /healthz, Slack events at "
+                    "POST /slack/events; Telegram left out (--no-telegram)"), line
     for secret in (SLACK_TOKEN, SIGNING_SECRET, TELEGRAM_TOKEN, WEBHOOK_SECRET):
         assert secret not in text
 

@@ -204,6 +204,13 @@ def test_expired_forged_and_tampered_links_get_a_plain_404(settings, client):
             assert "<video" not in response.text
 
 
+def test_a_good_link_to_a_video_still_being_made_says_so(settings, client):
+    waiting = token_of(share_url(settings, SECRET, "r-notyetmade1"))
+    response = client.get(f"/v/{waiting}")
+    assert response.status_code == 404 and "not ready yet" in response.text
+    assert "expired" not in response.text
+
+
 # -- path safety -----------------------------------------------------------------------------
 
 

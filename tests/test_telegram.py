@@ -762,7 +762,7 @@ def killed_while_rendering(fake, runtime, bot_process, rendering, release) -> No
     assert bot_process.terminate() == 0  # SIGTERM: a clean stop
     log = bot_process.log.read_text()
     assert "Application started" in log  # the log was captured
-    assert " ERROR " not in log and "Traceback" not in log, log
+    assert '"level": "ERROR"' not in log and "Traceback" not in log, log
     assert TOKEN not in log and "123%3AABC" not in log
 
 

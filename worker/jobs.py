@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 
 from rq import get_current_job
+from rq.job import Job
 
 from engine.errors import UserError
 from engine.events import EventLog, RenderEvent
 from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
 from engine.library import Library, VideoRecord
+from engine.metrics import StageTimer
 from engine.settings import load_settings
 from engine.timeline import Timeline, build_timeline
 from worker.gpu import is_cuda_fault
@@ -32,13 +35,18 @@ INTERNAL_ERROR = (
 
 
 def render_storyboard(spec_data: dict) -> dict[str, str]:
-    """Render a storyboard to its output folder; return output name -> path."""
+    """Render a storyboard to its output folder; return output name -> path.
+
+    Each stage is logged as one line with the job's id and its seconds, and counted for
+    /metrics (engine/metrics.py); the last line says how the job ended."""
     job = get_current_job()
     spec = RenderSpec.model_validate(spec_data)
+    stages = StageTimer(spec.job_id, job.connection)
+    if (waited := _seconds_queued(job)) is not None:
+        stages.record("queued", waited)
     events = EventLog(job.connection)
     scenes = len(spec.storyboard.scenes)
     events.publish(RenderEvent(job_id=spec.job_id, kind="started", scenes=scenes))
-    started = time.monotonic()
     try:
         if cancel_requested(job.connection, spec.job_id):  # cancelled while it waited
             raise JobCancelled
@@ -49,39 +57,55 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
             spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
             on_step=reporter.step, should_stop=lambda: cancel_requested(job.connection,
                                                                         spec.job_id),
-            animatic=spec.animatic)
+            animatic=spec.animatic, stages=stages)
     except JobCancelled:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",
                                    message=CANCELLED_MESSAGE))
+        stages.finish("cancelled")
         raise
     except UserError as exc:
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=str(exc)))
+        stages.finish("failed", "user_error")
         raise
     except Exception as exc:
         if is_cuda_fault(exc):  # not the teacher's failure: the job will run again elsewhere
-            log.exception("render %s hit a CUDA fault", spec.job_id)
+            log.exception("render %s hit a CUDA fault", spec.job_id,
+                          extra={"job_id": spec.job_id})
+            stages.finish("failed", "gpu_fault")
             raise
-        log.exception("render %s failed", spec.job_id)
+        log.exception("render %s failed", spec.job_id, extra={"job_id": spec.job_id})
         message = INTERNAL_ERROR.format(job=spec.job_id)
         events.publish(RenderEvent(job_id=spec.job_id, kind="failed", message=message))
+        stages.finish("failed", "internal_error")
         raise
     except BaseException:  # Ctrl-C, SystemExit: stopped, not broken; nothing was kept
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled", message=STOPPED))
+        stages.finish("cancelled")
         raise
-    files = {name: str(path) for name, path in result.files.items()}
-    # Before "finished": the teacher who sees the result finds it in their library.
-    Library(job.connection).record(VideoRecord(
-        video=spec.output, owner=spec.owner, conversation=spec.conversation,
-        version=spec.version, title=spec.storyboard.title, language=spec.storyboard.language,
-        preset=result.renderer, preview=spec.animatic, seconds=spec.storyboard.total_seconds,
-        files=sorted(path.name for path in result.files.values())))
-    events.publish(RenderEvent(
-        job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
-        outputs=files, notes=result.notes,
-    ))
-    log.info("render %s finished in %.2f s with %s (model scenes: %s)", spec.job_id,
-             time.monotonic() - started, result.renderer, result.generated_scenes)
+    with stages.stage("publish"):
+        files = {name: str(path) for name, path in result.files.items()}
+        # Before "finished": the teacher who sees the result finds it in their library.
+        Library(job.connection).record(VideoRecord(
+            video=spec.output, owner=spec.owner, conversation=spec.conversation,
+            version=spec.version, title=spec.storyboard.title,
+            language=spec.storyboard.language, preset=result.renderer, preview=spec.animatic,
+            seconds=spec.storyboard.total_seconds,
+            files=sorted(path.name for path in result.files.values())))
+        events.publish(RenderEvent(
+            job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
+            outputs=files, notes=result.notes,
+        ))
+    stages.finish("finished", renderer=result.renderer,
+                  model_scenes=len(result.generated_scenes))
     return files
+
+
+def _seconds_queued(job: Job) -> float | None:
+    """From (the last) enqueue to this worker taking the job."""
+    if job.enqueued_at is None:
+        return None
+    taken = job.started_at or datetime.now(UTC)
+    return max((taken - job.enqueued_at).total_seconds(), 0.0)
 
 
 class _ProgressReporter:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import RenderError
+from engine.metrics import StageTimer
 from engine.presets import DiffusionPlan, plan_for
 from engine.settings import Settings
 from engine.storyboard import Storyboard
@@ -23,7 +24,7 @@ from engine.timeline import build_timeline, to_srt, to_webvtt
 from worker.animatic import AnimaticRenderer
 from worker.compose import compose
 from worker.encode import EncodeOptions, VideoEncoder
-from worker.frames import SceneRenderer
+from worker.frames import FrameRun, SceneRenderer
 from worker.sheets import contact_sheet, save_poster
 from worker.text import font_file
 
@@ -69,10 +70,13 @@ def render_to_folder(
     storyboard: Storyboard, out_dir: Path, settings: Settings, *,
     progress: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
-    animatic: bool = False,
+    animatic: bool = False, stages: StageTimer | None = None,
 ) -> RenderResult:
     """Render `storyboard` into `out_dir` with the renderer the settings choose, or with the
-    CPU animatic when `animatic` (a quick preview)."""
+    CPU animatic when `animatic` (a quick preview). `stages` times each stage (a job passes
+    its own, which logs with its id and keeps the numbers for /metrics)."""
+    stages = stages or StageTimer(out_dir.name)  # the video's id, as a job names it
+    prepare_started = stages.clock()
     storyboard.check_total(settings.limits.max_total_seconds)
     prepare_output_dir(out_dir)
     font = font_file(settings.render.font_path)
@@ -82,7 +86,9 @@ def render_to_folder(
     try:
         files = {name: staging / file_name for name, file_name in OUTPUT_FILES.items()}
         timeline = build_timeline(storyboard, settings.render.fps)
-        renderer = _renderer(storyboard, plan, settings, font, on_step, should_stop)
+        timed = _TimedRenderer(stages, on_step)
+        renderer = _renderer(storyboard, plan, settings, font, timed.step, should_stop)
+        timed.renderer = renderer
         options = EncodeOptions(
             fps=settings.render.fps, crf=settings.render.crf,
             preview_crf=settings.render.preview_crf, preset=settings.render.x264_preset,
@@ -90,23 +96,31 @@ def render_to_folder(
         )
         size = (renderer.width, renderer.height)
         encoder = VideoEncoder(files["video"], files["preview"], size, options)
+        stages.record("prepare", stages.clock() - prepare_started)
         try:
-            stills = compose(timeline, renderer, encoder, font=font, progress=progress,
+            compose_started = stages.clock()
+            stills = compose(timeline, timed, encoder, font=font, progress=progress,
                              should_stop=should_stop)
-            encoder.finish()
+            # Compose's own time: what it spent outside the renderer (timed per scene).
+            stages.record("compose", stages.clock() - compose_started - timed.spent)
+            with stages.stage("encode"):
+                encoder.finish()
         except BaseException:
             encoder.abort()
             raise
-        files["storyboard"].write_text(storyboard.model_dump_json(indent=2), encoding="utf-8")
-        files["captions_srt"].write_text(to_srt(timeline), encoding="utf-8")
-        files["captions_vtt"].write_text(to_webvtt(timeline), encoding="utf-8")
-        save_poster(stills.poster, files["poster"])
-        contact_sheet(storyboard, stills.scenes, font).save(files["contact_sheet"], "PNG")
+        with stages.stage("stills"):
+            files["storyboard"].write_text(storyboard.model_dump_json(indent=2),
+                                           encoding="utf-8")
+            files["captions_srt"].write_text(to_srt(timeline), encoding="utf-8")
+            files["captions_vtt"].write_text(to_webvtt(timeline), encoding="utf-8")
+            save_poster(stills.poster, files["poster"])
+            contact_sheet(storyboard, stills.scenes, font).save(files["contact_sheet"], "PNG")
 
-        published = {}
-        for name, file_name in OUTPUT_FILES.items():
-            published[name] = out_dir / file_name
-            os.replace(files[name], published[name])
+        with stages.stage("save"):
+            published = {}
+            for name, file_name in OUTPUT_FILES.items():
+                published[name] = out_dir / file_name
+                os.replace(files[name], published[name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if plan is not None:  # the renderer is a DiffusionRenderer
@@ -130,3 +144,61 @@ def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Sett
     return DiffusionRenderer(storyboard, plan, fps=settings.render.fps, font=font,
                              uploads=settings.uploads_path, device=settings.diffusion.device,
                              cache=cache, on_step=on_step, should_stop=should_stop)
+
+
+class _TimedRenderer:
+    """Times the renderer inside compose, which interleaves it with captioning and encoding:
+    only the time spent getting each segment's frames counts as that segment's. A model
+    scene's time up to its first denoising step (loading the pipeline, the cache lookup) is
+    its own stage, model_load."""
+
+    renderer: SceneRenderer  # set once made: it is made with `step` as its step callback
+
+    def __init__(self, stages: StageTimer, on_step: StepCallback | None) -> None:
+        self.stages = stages
+        self.on_step = on_step
+        self.spent = 0.0  # in the renderer, all segments together
+        self._ready: dict[int, float] = {}  # scene index -> clock at its first step
+
+    @property
+    def width(self) -> int:
+        return self.renderer.width
+
+    @property
+    def height(self) -> int:
+        return self.renderer.height
+
+    def step(self, scene_index: int, step: int, steps: int) -> None:
+        if step == 0:  # the model is about to run: loading is over
+            self._ready.setdefault(scene_index, self.stages.clock())
+        if self.on_step:
+            self.on_step(scene_index, step, steps)
+
+    def title_card(self, frame_count: int) -> Iterator[FrameRun]:
+        yield from self._timed(self.renderer.title_card(frame_count), None)
+
+    def scene(self, index: int, frame_count: int) -> Iterator[FrameRun]:
+        yield from self._timed(self.renderer.scene(index, frame_count), index)
+
+    def _timed(self, runs: Iterator[FrameRun], scene_index: int | None) -> Iterator[FrameRun]:
+        clock = self.stages.clock
+        spent, first = 0.0, clock()
+        runs = iter(runs)
+        while True:
+            start = clock()
+            try:
+                run = next(runs)
+            except StopIteration:
+                spent += clock() - start
+                break
+            spent += clock() - start
+            yield run
+        self.spent += spent
+        if scene_index is None:
+            self.stages.record("title_card", spent)
+            return
+        if (ready := self._ready.get(scene_index)) is not None:
+            loading = ready - first  # the clip is made inside the first run's next()
+            self.stages.record("model_load", loading, scene=scene_index + 1)
+            spent -= loading
+        self.stages.record("scene", spent, scene=scene_index + 1)
