@@ -91,3 +91,24 @@ def redis_server_url(tmp_path):
     yield f"redis://127.0.0.1:{port}/0"
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture
+def runtime(settings):
+    """The bot's runtime (chat service, relay's Redis, share secret) on the embedded Redis."""
+    from bot.runtime import build_runtime  # only the tests that talk to the bot need it
+
+    runtime = build_runtime(settings)
+    yield runtime
+    runtime.connection.shutdown(nosave=True)
+
+
+def wait_until(predicate, seconds: float, what: str):
+    """Poll `predicate` until it returns something true (returned), or fail the test."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"waited {seconds} s for {what}")

@@ -18,7 +18,6 @@ from rq.serializers import JSONSerializer
 
 from bot.batch import RowResult, batch_from_file, batch_too_large, is_batch_file, summary_text
 from bot.core import Author, Place, gpu_seconds_key
-from bot.runtime import build_runtime
 from engine.batch import BatchError, read_batch
 from engine.drafter import styles
 from engine.jobs import render_queue
@@ -27,13 +26,6 @@ from engine.llm import Answer, AnswerScene
 TEACHER = Author("U1", "Ms Chen")
 HEADER = "title,request,duration,language,aspect,priority"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def runtime(settings):
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
 
 
 @pytest.fixture

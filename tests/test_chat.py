@@ -16,7 +16,6 @@ from starlette.testclient import TestClient
 from bot.console import ConsoleChat
 from bot.core import Author, ChatService, Place, Route, parse_command
 from bot.relay import Delivery, EventRelay
-from bot.runtime import build_runtime
 from bot.web import share_app
 from engine.events import EventLog, RenderEvent
 from engine.jobs import render_queue
@@ -25,13 +24,6 @@ from worker.runner import run_worker
 
 REQUEST = "Explain photosynthesis to grade 7 in 30 seconds"
 TEACHER = Author("U1", "Ms Chen")
-
-
-@pytest.fixture
-def runtime(settings):
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from bot.core import Author, Place
-from bot.runtime import build_runtime
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from tests.conftest import make_storyboard
 
@@ -99,13 +98,6 @@ def test_jobs_enqueued_at_once_from_many_bots_are_all_queued_once(settings, redi
                 for job_id in queued]
         theirs = [job.id for job in jobs if job.args[0]["owner"] == f"slack:{n}"]
         assert theirs == [job_id for job_id in made if job_id in set(theirs)]
-
-
-@pytest.fixture
-def runtime(settings):
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
 
 
 def test_a_teacher_is_told_their_fair_place_in_line(runtime):

@@ -8,7 +8,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from bot.core import Author, Place
-from bot.runtime import build_runtime
 from bot.web import share_app
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.library import Library, VideoRecord, link_to
@@ -19,13 +18,6 @@ from worker.runner import run_worker
 
 REQUEST = "Explain photosynthesis to grade 7 in 30 seconds"
 TEACHER = Author("U1", "Ms Chen")
-
-
-@pytest.fixture
-def runtime(settings):
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
 
 
 def test_a_render_is_recorded_with_whose_what_and_which_files(settings, redis_connection):

@@ -21,7 +21,7 @@ from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue
 from engine.library import Library
 from engine.settings import load_settings
 from engine.workers import is_alive, live_workers
-from tests.conftest import make_storyboard
+from tests.conftest import make_storyboard, wait_until
 from worker.encode import probe
 from worker.gpu import GpuReading
 from worker.heartbeat import RECOVERY_LIMIT, Heartbeat
@@ -124,15 +124,6 @@ def test_admins_see_each_worker_its_gpu_and_what_it_renders(runtime):
     assert live_workers(connection) == []
 
 
-@pytest.fixture
-def runtime(settings):
-    from bot.runtime import build_runtime
-
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
-
-
 def _worker_process(tmp_path: Path, url: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
     env.update(LESSONREEL_DATA_DIR=str(tmp_path / "data"), LESSONREEL_REDIS_URL=url,
@@ -140,16 +131,6 @@ def _worker_process(tmp_path: Path, url: str) -> subprocess.Popen:
     command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
     return subprocess.Popen([*command, "worker"], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w"))
-
-
-def _wait(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"waited {seconds} s for {what}")
 
 
 def test_a_worker_killed_mid_render_has_its_job_finished_once_by_another(tmp_path,
@@ -168,7 +149,7 @@ def test_a_worker_killed_mid_render_has_its_job_finished_once_by_another(tmp_pat
 
     first = _worker_process(tmp_path, redis_server_url)
     try:
-        _wait(lambda: [e for e in seen("progress") if (e.fraction or 0) > 0], 60,
+        wait_until(lambda: [e for e in seen("progress") if (e.fraction or 0) > 0], 60,
               "the render to be under way")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -178,7 +159,7 @@ def test_a_worker_killed_mid_render_has_its_job_finished_once_by_another(tmp_pat
     killed_at = time.monotonic()
     second = _worker_process(tmp_path, redis_server_url)
     try:
-        _wait(lambda: seen("finished"), 90, "the job to finish on the second worker")
+        wait_until(lambda: seen("finished"), 90, "the job to finish on the second worker")
         recovered_in = time.monotonic() - killed_at
         time.sleep(1.5)  # room for a wrong second run to show itself
     finally:

@@ -8,11 +8,9 @@ import asyncio
 import json
 import time
 
-import pytest
 from aiohttp import WSMsgType, web
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.runtime import build_runtime
 from bot.slack import SlackBot, socket_mode
 from tests.fake_slack import FakeSlack, event_callback
 
@@ -67,13 +65,6 @@ class SocketModeServer:
         await self._socket.send_json({"envelope_id": envelope_id, "type": "events_api",
                                       "accepts_response_payload": False, "payload": payload,
                                       "retry_attempt": 0, "retry_reason": ""})
-
-
-@pytest.fixture
-def runtime(settings):
-    runtime = build_runtime(settings)
-    yield runtime
-    runtime.connection.shutdown(nosave=True)
 
 
 def test_socket_mode_acknowledges_envelopes_and_answers_in_the_thread(runtime):

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from engine.events import EventLog
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.settings import load_settings
 from engine.workers import live_workers
-from tests.conftest import make_storyboard
+from tests.conftest import make_storyboard, wait_until
 from worker.supervisor import MAX_PAUSE_SECONDS, Supervisor, worker_slots
 
 LESSONREEL = Path(sys.executable).parent / "lessonreel"
@@ -75,16 +74,6 @@ def test_one_worker_per_gpu_reads_and_renders_the_same_card():
         "worker1", "worker2", "worker3"]
 
 
-def _wait(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"waited {seconds} s for {what}")
-
-
 @pytest.fixture
 def worker_env(tmp_path, redis_server_url, monkeypatch):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
@@ -104,7 +93,7 @@ def test_a_killed_worker_is_started_again_and_the_pool_renders_and_stops_cleanly
                             grace_seconds=30)
     supervisor.start()
     try:
-        first = _wait(lambda: (w := live_workers(connection)) and len(w) == 2 and w, 60,
+        first = wait_until(lambda: (w := live_workers(connection)) and len(w) == 2 and w, 60,
                       "two workers to beat")
         victim = supervisor.children[0].process
         victim.send_signal(signal.SIGKILL)
@@ -115,7 +104,7 @@ def test_a_killed_worker_is_started_again_and_the_pool_renders_and_stops_cleanly
             pids = {w.pid for w in live_workers(connection)}
             return len(pids) == 2 and victim.pid not in pids and pids
 
-        pids = _wait(replaced, 60, "the killed worker to be replaced")
+        pids = wait_until(replaced, 60, "the killed worker to be replaced")
         assert pids != {w.pid for w in first} and supervisor.children[0].restarts == 1
 
         settings = load_settings()
@@ -128,7 +117,7 @@ def test_a_killed_worker_is_started_again_and_the_pool_renders_and_stops_cleanly
                 job_id=job_id, conversation="t:1", version=1, owner="slack:U1",
                 storyboard=make_storyboard((2,)), output=job_id))
             jobs.append(job_id)
-        _wait(lambda: {e.job_id for _id, e in events.read(after) if e.kind == "finished"}
+        wait_until(lambda: {e.job_id for _id, e in events.read(after) if e.kind == "finished"}
               == set(jobs), 90, "both jobs to render")
     finally:
         supervisor.stop()
@@ -143,7 +132,7 @@ def test_the_worker_command_supervises_without_loading_torch_in_the_parent(worke
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     connection = redis.Redis.from_url(redis_server_url)
     try:
-        workers = _wait(lambda: (w := live_workers(connection)) and len(w) == 2 and w, 60,
+        workers = wait_until(lambda: (w := live_workers(connection)) and len(w) == 2 and w, 60,
                         "two workers under the command")
         assert parent.pid not in {w.pid for w in workers}
         maps = Path(f"/proc/{parent.pid}/maps").read_text()
