@@ -84,6 +84,9 @@ ENV PYTHONUNBUFFERED=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     LESSONREEL_DATA_DIR=/data \
     LESSONREEL_DIFFUSION__MODELS_DIR=/models
+# espeak-ng speaks the narration (a neural voice, when installed, needs nothing more).
+RUN apt-get update && apt-get install -y --no-install-recommends espeak-ng \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --create-home lessonreel \
     && mkdir -p /data /models && chown lessonreel:lessonreel /data /models
 WORKDIR /app

@@ -172,7 +172,8 @@ class NarrationSettings(_Section):
     enabled: bool = True
     # "auto": a neural voice preset for the language when installed, else espeak-ng.
     backend: Literal["auto", "espeak", "neural", "none"] = "auto"
-    # Voice per language: an espeak-ng voice ("en-us", "cmn") or a preset of config/voices.toml.
+    # Voice per language: an espeak-ng voice ("en-us", "cmn-latn-pinyin") or a preset of
+    # config/voices.toml.
     voice_en: str = Field("", max_length=80)
     voice_zh: str = Field("", max_length=80)
     speed: float = Field(1.0, ge=0.5, le=2.0)
