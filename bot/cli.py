@@ -280,8 +280,10 @@ def _worker(args: argparse.Namespace) -> int:
         if args.burst:
             raise UserError("--burst runs one worker until the queue is empty; leave out "
                             "--gpus/--processes with it.")
+        from engine.settings import load_settings
         from worker.supervisor import Supervisor, worker_slots  # imports no torch
 
+        load_settings()  # a bad setting is one sentence here, not children failing forever
         slots = worker_slots(gpus=args.gpus, processes=args.processes or 1)
         return Supervisor(slots, grace_seconds=args.grace).run()
     settings = load_settings()

@@ -55,7 +55,7 @@ DEDUPE_TTL_SECONDS = 86_400
 DEFAULT_JOB_SECONDS = 60.0
 VIDEOS_KEPT = 20
 ROLES_KEY = PREFIX + "roles"  # identity -> role, as admins set them in chat
-ROLES = ("admin", "teacher", "student")
+ROLES = ("teacher", "student")  # what the chat may give; admins come from the settings
 ROLE_WORDS = {"admin": "admin", "teacher": "teacher", "student": "student", "remove": "remove",
               "管理员": "admin", "教师": "teacher", "老师": "teacher", "学生": "student",
               "移除": "remove"}
@@ -669,13 +669,17 @@ class ChatService:
         roles = self.settings.roles
         person = f"{place.platform}:{author.id}"
         ids = [person, *author.groups]
-        changed = dict(zip(ids, self.redis.hmget(ROLES_KEY, ids), strict=True))
-        if person not in roles.admins and changed[person]:
+        if set(ids) & set(roles.admins):
+            return "admin"  # only the settings make admins, and the chat cannot unmake them
+        try:
+            changed = dict(zip(ids, self.redis.hmget(ROLES_KEY, ids), strict=True))
+        except redis.RedisError:  # the settings still answer; the turn will say Redis is out
+            log.warning("roles changed in chat could not be read", exc_info=True)
+            changed = dict.fromkeys(ids)
+        if changed[person]:
             return changed[person].decode()
         by_role = {role: {i for i in ids if changed[i] and changed[i].decode() == role}
                    for role in ROLES}
-        if set(ids) & set(roles.admins) or by_role["admin"]:
-            return "admin"
         if set(ids) & set(roles.students) or by_role["student"]:
             return "student"
         if not roles.teachers or set(ids) & set(roles.teachers) or by_role["teacher"]:
@@ -698,6 +702,8 @@ class ChatService:
         who = _identity(place, words[1]) if role else None
         if role is None or who is None:
             return Out(say(lang, "role_usage"), language=lang)
+        if role == "admin":
+            return Out(say(lang, "role_admin_in_settings"), language=lang)
         if who in self.settings.roles.admins:
             return Out(say(lang, "role_from_settings", who=who), language=lang)
         if role == "remove":
@@ -972,10 +978,12 @@ def job_seconds(connection: redis.Redis) -> float:
 
 
 def _identity(place: Place, text: str) -> str | None:
-    """"slack:U123", or a mention in this platform ("<@U123>", "@U123"), as an identity."""
-    mention = re.fullmatch(r"<?@([A-Za-z0-9_.-]{1,64})(?:\|[^>]*)?>?", text)
-    if mention:
-        text = f"{place.platform}:{mention.group(1)}"
+    """"slack:U123", or in Slack a mention of a user ("<@U123>", "@U123"), as an identity.
+    Elsewhere a name after "@" is not an id (Telegram's ids are numbers): only the full
+    "telegram:123" form counts."""
+    mention = re.fullmatch(r"<?@([UW][A-Z0-9]{1,20})(?:\|[^>]*)?>?", text)
+    if mention and place.platform == "slack":
+        text = f"slack:{mention.group(1)}"
     return text if IDENTITY.fullmatch(text) else None
 
 

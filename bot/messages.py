@@ -69,8 +69,11 @@ SAY: dict[str, dict[str, str]] = {
         "cancel_sent": "Cancelling the render of version {version}…",
         "nothing_to_cancel": "Nothing is rendering here.",
         "queue_empty": "The render queue is empty.",
+        "bundle": "For editing (storyboard, scene clips, narration, captions): {url}",
         "role_admins_only": "Only admins may change who is a teacher or a student.",
-        "role_usage": ("Write “role teacher slack:U123” (or admin, student; in Slack "
+        "role_admin_in_settings": ("Admins are named in the settings file ([roles] admins), "
+                                   "not in the chat; ask your IT contact."),
+        "role_usage": ("Write “role teacher slack:U123” (or student; in Slack "
                        "“role student @someone” works too), “role remove slack:U123” to let the "
                        "settings decide again, or “role” to list the changes made in chat."),
         "role_set": "{who} is now {role}.",
@@ -183,8 +186,11 @@ SAY: dict[str, dict[str, str]] = {
         "cancel_sent": "正在取消第 {version} 版的渲染…",
         "nothing_to_cancel": "这里没有正在渲染的视频。",
         "queue_empty": "渲染队列是空的。",
+        "bundle": "编辑用素材（分镜、分场景片段、旁白、字幕）：{url}",
         "role_admins_only": "只有管理员可以更改谁是老师或学生。",
-        "role_usage": ("请写“角色 教师 slack:U123”（或 管理员、学生；在 Slack 里也可以写"
+        "role_admin_in_settings": ("管理员只能在设置文件（[roles] admins）中指定，不能在聊天中"
+                                   "指定；请联系 IT 人员。"),
+        "role_usage": ("请写“角色 教师 slack:U123”（或 学生；在 Slack 里也可以写"
                        "“角色 学生 @某人”），“角色 移除 slack:U123”恢复由设置决定，或只写“角色”"
                        "列出在聊天中做过的更改。"),
         "role_set": "{who} 现在是{role}。",

@@ -35,6 +35,7 @@ from engine.jobs import render_queue
 from engine.library import Library, link_to
 from engine.settings import Settings
 from engine.share import media_file
+from engine.storyboard import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,13 @@ class EventRelay:
             return Delivery("cancelled", say(lang, "cancelled", version=route.version))
         key = "done_preview" if route.preview else "done"
         url = link_to(Library(self.redis), self.settings, self.share_secret, route.job_id)
-        text = "\n".join((say(lang, key, title=route.title, total=route.total),
-                          say(lang, "link", days=self.settings.share.link_days, url=url)))
+        total = route.total if event.seconds is None else format_seconds(round(event.seconds))
+        lines = [say(lang, key, title=route.title, total=total),
+                 say(lang, "link", days=self.settings.share.link_days, url=url)]
+        if media_file(self.settings, route.job_id, "bundle.zip") is not None:
+            lines.append(say(lang, "bundle", url=f"{url}/bundle.zip?download=1"))
+        lines += [f"• {note}" for note in event.notes[:6]]  # the voice, the music, the check
+        text = "\n".join(lines)
         return Delivery("finished", text, link=url,
                         video=media_file(self.settings, route.job_id, "preview.mp4"),
                         poster=media_file(self.settings, route.job_id, "poster.jpg"))

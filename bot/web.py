@@ -40,6 +40,7 @@ from engine.share import ShareLink, is_revoked, media_file, share_secret, verify
 SHARED_FILES = {
     "video.mp4": "video/mp4", "preview.mp4": "video/mp4", "poster.jpg": "image/jpeg",
     "captions.vtt": "text/vtt", "captions.srt": "application/x-subrip",
+    "bundle.zip": "application/zip",
 }
 PAGE = """<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8">

@@ -30,6 +30,7 @@ class RenderEvent(BaseModel):
     message: str = ""  # for "failed" and "cancelled": the sentence to show the teacher
     outputs: dict[str, str] = {}  # for "finished": name -> file path
     notes: list[str] = []  # for "finished": what the teacher should know (e.g. degraded)
+    seconds: float | None = None  # for "finished": the video's length (the voice may retime)
     at: float = Field(default_factory=time.time)
 
     @property

@@ -14,7 +14,7 @@ import redis
 from pydantic import BaseModel, Field, ValidationError
 
 from engine.settings import Settings
-from engine.share import is_revoked, share_url, token_of, verify
+from engine.share import is_revoked, public_base, share_url, token_of, verify
 
 PREFIX = "lessonreel:library:"
 LINKS_KEPT = 20  # per video: the newest links made, for "videos" to show one still valid
@@ -97,12 +97,13 @@ def link_to(library: Library, settings: Settings, secret: bytes, video: str, *,
     """A share link to `video`, recorded in the library: with `reuse`, the newest one made
     that still opens for a day or more; else (or when there is none) a new one."""
     now = time.time()
+    base = public_base(settings) + "/v/"
     if reuse:
         for made in library.links(video):
             link = verify(secret, token_of(made.url), now=now)
-            if link is not None and link.folder == video and \
+            if link is not None and link.folder == video and made.url.startswith(base) and \
                     link.expires_at - now >= REUSE_MIN_SECONDS and not is_revoked(settings, link):
-                return made.url
+                return made.url  # (a link on an old public address is not handed out again)
     url = share_url(settings, secret, video, now=now)
     link = verify(secret, token_of(url), now=now)
     library.add_link(video, url, float(link.expires_at if link else now), now=now)

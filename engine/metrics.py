@@ -32,13 +32,16 @@ JOBS_KEY = "lessonreel:metrics:jobs"  # outcome -> jobs; "failed:<reason>" -> jo
 STAGES = {
     "queued": "waiting on the queue, from enqueue until a worker took the job",
     "prepare": "settings, output folder, renderer and encoder made ready",
+    "narration": "speaking the narration, which times the scenes",
     "title_card": "drawing the title card",
     "model_load": "a model scene, before its first denoising step: loading the pipeline "
                   "(once per worker) and looking up the clip cache",
     "scene": "rendering one scene (a model's clip, a cached clip, or an animatic scene)",
     "compose": "captions burned in and frames handed to the encoder",
     "encode": "the encoder finishing the video and the preview",
+    "audio": "the voice and the music mixed, levelled and put into the video as AAC",
     "stills": "subtitle files, poster and contact sheet",
+    "check": "the quality report and the export bundle",
     "save": "the finished files moved into place, the video last",
     "publish": "the video recorded in the library and the teacher told",
     "total": "a finished job, from a worker taking it to the teacher being told",

@@ -23,6 +23,10 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Pat
             monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("LESSONREEL_DATA_DIR", str(data_dir))
+    # Renders keep the storyboard's own timing unless a test turns the voice on (the voice
+    # retimes scenes): tests/test_narrated_render.py does, and so does every command run
+    # as a process with the default settings.
+    monkeypatch.setenv("LESSONREEL_NARRATION__ENABLED", "false")
     return data_dir
 
 

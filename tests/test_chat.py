@@ -722,7 +722,7 @@ def test_a_teacher_makes_and_revokes_links_and_remixes_a_past_video(service, run
 
 
 def test_an_admin_changes_roles_in_chat_and_the_settings_admins_stay(service):
-    _with(service, roles={"admins": ("slack:UA",)})
+    _with(service, roles={"admins": ("slack:UA", "slack-team:TSTAFF")})
 
     def slack(thread: str = "t") -> Place:
         return Place("slack", "C1", thread)
@@ -736,14 +736,23 @@ def test_an_admin_changes_roles_in_chat_and_the_settings_admins_stay(service):
     assert watch.card is None and "made by teachers" in watch.text
     [listed] = service.message(slack("r"), admin, "/role")
     assert "• slack:U5: a student" in listed.text
-    [mention] = service.message(slack("r"), admin, "role admin <@U5>")  # Slack's mention
-    assert mention.text == "slack:U5 is now an admin."
-    assert service.role_of(slack(), someone) == "admin"
-    [untouchable] = service.message(slack("r"), someone, "角色 学生 slack:UA")
+    [mention] = service.message(slack("r"), admin, "role teacher <@U5>")  # Slack's mention
+    assert mention.text == "slack:U5 is now a teacher."
+    # Admins are the settings' alone: the chat neither makes nor unmakes one.
+    [no_admin] = service.message(slack("r"), admin, "role admin slack:U5")
+    assert "settings file" in no_admin.text and service.role_of(slack(), someone) == "teacher"
+    [untouchable] = service.message(slack("r"), admin, "角色 学生 slack:UA")
     assert "设置文件" in untouchable.text and service.role_of(slack(), admin) == "admin"
+    staff = Author("U8", "Ms Ortiz", ("slack-team:TSTAFF",))  # an admin by her workspace
+    service.message(slack("r"), admin, "role student slack:U8")
+    assert service.role_of(slack(), staff) == "admin"
     [back] = service.message(slack("r"), admin, "role remove slack:U5")
     assert "settings give again" in back.text
     [card] = service.message(slack("s2"), someone, REQUEST)
-    assert card.card is not None  # a teacher again, as the settings say
+    assert card.card is not None  # a teacher, as the settings say
     [usage] = service.message(slack("r"), admin, "/role boss slack:U5")
     assert "role teacher slack:U123" in usage.text
+    # On Telegram "@name" is not an id: the usage, not a role for "telegram:alice".
+    _with(service, roles={"admins": ("telegram:1",)})
+    [telegram] = service.message(Place("telegram", "1", ""), Author("1"), "/role student @alice")
+    assert "role teacher slack:U123" in telegram.text

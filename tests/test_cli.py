@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import imageio_ffmpeg
 import pytest
 
+from engine.storyboard import Storyboard
 from worker.encode import probe
 
 LESSONREEL = Path(sys.executable).with_name("lessonreel")
+SILENT = {"LESSONREEL_NARRATION__ENABLED": "false"}  # the storyboard's own timing holds
 
 
 def run_cli(
@@ -39,8 +42,10 @@ def _srt_end_seconds(srt: str) -> list[float]:
 )
 def test_demo_turns_a_request_into_a_video_of_the_asked_length(tmp_path, request_text, extra,
                                                                marker):
+    """Without a voice the storyboard's own timing holds (a voice retimes it: below)."""
     out = tmp_path / "out"
-    result = run_cli("demo", request_text, "--out", str(out), *extra, data_dir=tmp_path / "d")
+    result = run_cli("demo", request_text, "--out", str(out), *extra, data_dir=tmp_path / "d",
+                     env_extra=SILENT)
     assert result.returncode == 0, result.stderr
 
     assert marker in result.stdout  # the storyboard table
@@ -54,6 +59,34 @@ def test_demo_turns_a_request_into_a_video_of_the_asked_length(tmp_path, request
     srt = (out / "captions.srt").read_text(encoding="utf-8")
     assert marker in srt or marker.lower() in srt
     assert max(_srt_end_seconds(srt)) <= info.seconds
+    assert "Traceback" not in result.stderr
+
+
+def audio_seconds(path: Path) -> float:
+    """The length of the file's first audio stream, from its decoded samples."""
+    pcm = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path),
+                          "-map", "0:a:0", "-f", "s16le", "-ac", "1", "-ar", "48000", "-"],
+                         capture_output=True, check=True).stdout
+    return len(pcm) / 2 / 48000
+
+
+@pytest.mark.parametrize(("request_text", "extra"), [
+    ("Explain photosynthesis to grade 7 in 30 seconds", []),
+    ("用30秒给初一学生讲解光合作用", ["--lang", "zh"]),
+])
+def test_demo_speaks_the_narration_and_times_the_video_by_it(tmp_path, request_text, extra):
+    out = tmp_path / "out"
+    result = run_cli("demo", request_text, "--out", str(out), *extra, data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    video = probe(out / "video.mp4")
+    # The AAC track lasts as long as the video, in the video and in its preview.
+    assert audio_seconds(out / "video.mp4") == pytest.approx(video.seconds, abs=0.1)
+    assert audio_seconds(out / "preview.mp4") == pytest.approx(video.seconds, abs=0.1)
+    # The saved storyboard carries the durations the voice decided, and the video has them.
+    saved = Storyboard.model_validate_json((out / "storyboard.json").read_text("utf-8"))
+    assert video.seconds == pytest.approx(saved.total_seconds, abs=0.05)
+    srt = (out / "captions.srt").read_text(encoding="utf-8")
+    assert max(_srt_end_seconds(srt)) <= video.seconds
     assert "Traceback" not in result.stderr
 
 
@@ -153,7 +186,7 @@ def test_worker_command_renders_jobs_from_a_shared_redis(tmp_path, redis_server_
     from engine.settings import load_settings
     from tests.conftest import make_storyboard
 
-    env = {"LESSONREEL_REDIS_URL": redis_server_url}
+    env = {"LESSONREEL_REDIS_URL": redis_server_url, **SILENT}
     settings = load_settings({**env, "LESSONREEL_DATA_DIR": str(tmp_path / "d")})
     connection = connect(settings)
     job_id = new_job_id()
@@ -271,7 +304,7 @@ def test_demo_renders_with_a_saved_pipeline_folder(tmp_path):
     out = tmp_path / "out"
     result = run_cli("demo", "Explain magnets in 10 seconds", "--model", str(model),
                      "--out", str(out), data_dir=tmp_path / "d",
-                     env_extra={"LESSONREEL_DIFFUSION__MAX_SIDE": "64",
+                     env_extra={**SILENT, "LESSONREEL_DIFFUSION__MAX_SIDE": "64",
                                 "LESSONREEL_DIFFUSION__STEPS": "2",
                                 "LESSONREEL_DIFFUSION__MAX_FRAMES": "9"})
     assert result.returncode == 0, result.stderr

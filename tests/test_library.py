@@ -93,3 +93,14 @@ def test_only_the_owner_or_an_admin_may_link_a_video(runtime):
                                                                "admins": ("test:U9",)})})
     [admin] = service.message(Place("test", "C2", "x"), Author("U9"), "link r-cccccccccccc")
     assert "/v/" in admin.text and "Tides" in admin.text
+
+
+def test_a_link_on_an_old_public_address_is_not_handed_out_again(runtime):
+    settings, library = runtime.settings, Library(runtime.connection)
+    old = link_to(library, settings, runtime.secret, "r-dddddddddddd")
+    assert old.startswith("http://localhost:8080/v/")
+    moved = settings.model_copy(update={"public_url": "https://video.school.example"})
+    new = link_to(library, moved, runtime.secret, "r-dddddddddddd")
+    assert new.startswith("https://video.school.example/v/")
+    assert link_to(library, moved, runtime.secret, "r-dddddddddddd") == new
+

@@ -205,11 +205,11 @@ def test_a_real_render_logs_each_stage_with_the_job_id_and_seconds(logs, setting
 
     lines = [line for line in json_lines(stream.getvalue()) if line.get("job_id") == spec.job_id]
     assert [(line["stage"], line.get("scene")) for line in lines] == [
-        ("queued", None), ("prepare", None), ("title_card", None), ("scene", 1), ("scene", 2),
-        ("compose", None), ("encode", None), ("stills", None), ("save", None),
-        ("publish", None), ("total", None)]
+        ("queued", None), ("narration", None), ("prepare", None), ("title_card", None),
+        ("scene", 1), ("scene", 2), ("compose", None), ("encode", None), ("audio", None),
+        ("stills", None), ("check", None), ("save", None), ("publish", None), ("total", None)]
     assert all(isinstance(line["seconds"], float) and line["seconds"] >= 0 for line in lines)
-    assert re.fullmatch(rf"job {spec.job_id}: scene 1 took \d+\.\d\d s", lines[3]["message"])
+    assert re.fullmatch(rf"job {spec.job_id}: scene 1 took \d+\.\d\d s", lines[4]["message"])
     total = lines[-1]
     assert (total["outcome"], total["renderer"], total["model_scenes"]) == ("finished",
                                                                            "animatic", 0)
@@ -242,9 +242,9 @@ def test_a_model_scene_times_loading_its_pipeline_apart_from_its_frames(logs, tm
                 if line["job_id"] == job_id]
 
     assert stages("r-first") == [
-        ("prepare", None), ("title_card", None), ("model_load", 1), ("scene", 1),
-        ("model_load", 2), ("scene", 2), ("compose", None), ("encode", None),
-        ("stills", None), ("save", None)]
+        ("narration", None), ("prepare", None), ("title_card", None), ("model_load", 1),
+        ("scene", 1), ("model_load", 2), ("scene", 2), ("compose", None), ("encode", None),
+        ("audio", None), ("stills", None), ("check", None), ("save", None)]
     loads = [line["seconds"] for line in lines
              if line["job_id"] == "r-first" and line["stage"] == "model_load"]
     assert loads[0] > loads[1]  # the worker loads the pipeline once, for scene 1
@@ -293,7 +293,7 @@ def test_the_worker_command_logs_json_lines_and_no_secret_even_in_a_failure(tmp_
         return [line["stage"] for line in lines if line.get("job_id") == spec.job_id
                 and "stage" in line]
 
-    assert stages(failing) == ["queued", "prepare", "title_card", "total"]
+    assert stages(failing) == ["queued", "narration", "prepare", "title_card", "total"]
     [failed] = [line for line in lines if line.get("stage") == "total"
                 and line["job_id"] == failing.job_id]
     assert (failed["outcome"], failed["reason"]) == ("failed", "user_error")

@@ -25,6 +25,7 @@ from tests.conftest import make_storyboard, wait_until
 from worker.encode import probe
 from worker.gpu import GpuReading
 from worker.heartbeat import RECOVERY_LIMIT, Heartbeat
+from worker.runner import run_worker
 
 LESSONREEL = Path(sys.executable).parent / "lessonreel"
 
@@ -76,6 +77,23 @@ def test_a_dead_workers_job_goes_back_to_the_front_of_the_line_once(settings, re
     assert orphan.job_id not in queue.started_job_registry.get_job_ids()
     job = Job.fetch(orphan.job_id, connection=redis_connection, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.QUEUED
+
+
+def test_a_job_that_ended_while_the_heartbeat_looked_is_not_run_again(settings,
+                                                                      redis_connection,
+                                                                      monkeypatch):
+    """The race: the heartbeat read the running jobs, then the worker finished this one
+    (removing it and its execution record) before the heartbeat read its owner."""
+    queue = render_queue(redis_connection, settings)
+    spec = _spec()
+    enqueue_render(redis_connection, settings, spec)
+    assert run_worker(settings, redis_connection, burst=True, logging_level="CRITICAL")
+    registry = type(queue.started_job_registry)
+    monkeypatch.setattr(registry, "get_job_and_execution_ids",
+                        lambda self, *a, **k: [(spec.job_id, "gone-execution")])
+    assert _watcher(redis_connection, queue).recover_orphans() == []
+    job = Job.fetch(spec.job_id, connection=redis_connection, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED and queue.job_ids == []
 
 
 def test_a_job_held_by_a_live_worker_is_left_alone(settings, redis_connection):

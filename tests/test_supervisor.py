@@ -34,6 +34,9 @@ class FakeProcess:
     def poll(self):
         return self.code
 
+    def send_signal(self, signum):
+        self.signals = [*getattr(self, "signals", []), signum]
+
 
 def test_a_child_that_keeps_dying_at_once_waits_longer_each_time_and_one_that_ran_does_not():
     now = [0.0]
@@ -63,6 +66,23 @@ def test_a_child_that_keeps_dying_at_once_waits_longer_each_time_and_one_that_ra
     count = len(started)
     supervisor.check()
     assert len(started) == count + 1
+
+
+def test_a_second_stop_request_stops_the_children_at_once():
+    started: list[FakeProcess] = []
+
+    def popen(*args, **kwargs):
+        started.append(FakeProcess(*args, **kwargs))
+        return started[-1]
+
+    supervisor = Supervisor([("worker1", {}), ("worker2", {})], command=["true"], environ={},
+                            popen=popen)
+    supervisor.start()
+    supervisor._on_signal(signal.SIGINT)  # Ctrl-C: finish the jobs in hand (run() stops them)
+    assert supervisor.stopping.is_set()
+    assert not any(getattr(p, "signals", []) for p in started)
+    supervisor._on_signal(signal.SIGINT)  # again: now
+    assert [p.signals for p in started] == [[signal.SIGTERM], [signal.SIGTERM]]
 
 
 def test_one_worker_per_gpu_reads_and_renders_the_same_card():

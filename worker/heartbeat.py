@@ -83,7 +83,10 @@ class Heartbeat:
             if not self.connection.set(f"{CLAIM_PREFIX}{execution_id}", "1", nx=True,
                                        ex=CLAIM_TTL_SECONDS):
                 continue  # another worker took care of it
-            self.connection.zrem(registry.key, f"{job_id}:{execution_id}")
+            # Only an entry still there is an orphan: a worker that finished or failed the
+            # job between our two reads removed it (and its execution) itself.
+            if not self.connection.zrem(registry.key, f"{job_id}:{execution_id}"):
+                continue
             if self._requeue(job_id):
                 recovered.append(job_id)
         return recovered
@@ -93,6 +96,8 @@ class Heartbeat:
             job = Job.fetch(job_id, connection=self.connection, serializer=self.queue.serializer)
         except Exception:  # expired or unreadable (NoSuchJobError, a bad payload): gone
             log.warning("job %s lost its worker and cannot be read; dropped", job_id)
+            return False
+        if job.get_status() != JobStatus.STARTED:  # it ended after all: nothing to run again
             return False
         events = EventLog(self.connection)
         count = int(job.meta.get("recoveries", 0)) + 1
@@ -116,6 +121,8 @@ class Heartbeat:
             self.recover_orphans()
         except redis.RedisError as exc:
             log.warning("heartbeat: Redis did not answer (%s)", exc.__class__.__name__)
+        except Exception:  # a silent heartbeat thread would let the job be taken from us
+            log.exception("heartbeat: unexpected error; beating on")
 
     def start(self) -> None:
         self.tick()  # before the first job: a restarted worker first rescues its own last job

@@ -89,11 +89,12 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
             video=spec.output, owner=spec.owner, conversation=spec.conversation,
             version=spec.version, title=spec.storyboard.title,
             language=spec.storyboard.language, preset=result.renderer, preview=spec.animatic,
-            seconds=spec.storyboard.total_seconds,
+            seconds=(result.storyboard or spec.storyboard).total_seconds,
             files=sorted(path.name for path in result.files.values())))
         events.publish(RenderEvent(
             job_id=spec.job_id, kind="finished", scenes=scenes, scene=scenes, fraction=1.0,
-            outputs=files, notes=result.notes,
+            outputs=files, notes=[*result.notes, *result.problems],
+            seconds=(result.storyboard or spec.storyboard).total_seconds,
         ))
     stages.finish("finished", renderer=result.renderer,
                   model_scenes=len(result.generated_scenes))

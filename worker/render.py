@@ -7,6 +7,7 @@ looks like a finished video.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -20,11 +21,15 @@ from engine.metrics import StageTimer
 from engine.presets import DiffusionPlan, plan_for
 from engine.settings import Settings
 from engine.storyboard import Storyboard
-from engine.timeline import build_timeline, to_srt, to_webvtt
+from engine.timeline import Timeline, build_timeline, to_srt, to_webvtt
 from worker.animatic import AnimaticRenderer
+from worker.audio import VoiceClip, mix, mux_audio_into, pick_music
 from worker.compose import compose
 from worker.encode import EncodeOptions, VideoEncoder
+from worker.export import build_bundle
 from worker.frames import FrameRun, SceneRenderer
+from worker.narration_audio import NarrationAudio, speak_storyboard
+from worker.qc import QualityCheckError, cue_spans, scene_kinds, scene_spans, write_report
 from worker.sheets import contact_sheet, save_poster
 from worker.text import font_file
 
@@ -38,10 +43,16 @@ OUTPUT_FILES = {
     "captions_vtt": "captions.vtt",
     "poster": "poster.jpg",
     "contact_sheet": "contact_sheet.png",
+    "qc": "qc.json",
+    "bundle": "bundle.zip",
     "preview": "preview.mp4",
     "video": "video.mp4",
 }
+# Made only by some renders: a quick preview makes no export bundle.
+OPTIONAL_FILES = {"bundle"}
 STAGING_PREFIX = ".lessonreel-partial-"
+
+log = logging.getLogger(__name__)
 
 
 def prepare_output_dir(path: Path) -> Path:
@@ -64,6 +75,8 @@ class RenderResult:
     renderer: str  # "animatic" or the diffusion preset's name
     generated_scenes: list[int] = field(default_factory=list)  # rendered by the model now
     notes: list[str] = field(default_factory=list)  # what the teacher should know
+    problems: list[str] = field(default_factory=list)  # what the quality check found
+    storyboard: Storyboard | None = None  # as rendered: the durations the voice decided
 
 
 def render_to_folder(
@@ -83,9 +96,17 @@ def render_to_folder(
     # None: no video model, or a preview: the animatic.
     plan = None if animatic else plan_for(settings, storyboard.aspect)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+    notes: list[str] = []
     try:
         files = {name: staging / file_name for name, file_name in OUTPUT_FILES.items()}
-        timeline = build_timeline(storyboard, settings.render.fps)
+        # 1. The voice first: it decides how long each scene lasts, and when captions show.
+        narration_started = stages.clock()
+        narration = _narrate(storyboard, settings, staging / "narration")
+        narration_seconds = stages.clock() - narration_started
+        stages.record("narration", narration_seconds)
+        storyboard = narration.storyboard
+        notes += narration.notes
+        timeline = narration.timeline(build_timeline(storyboard, settings.render.fps))
         timed = _TimedRenderer(stages, on_step)
         renderer = _renderer(storyboard, plan, settings, font, timed.step, should_stop)
         timed.renderer = renderer
@@ -96,7 +117,7 @@ def render_to_folder(
         )
         size = (renderer.width, renderer.height)
         encoder = VideoEncoder(files["video"], files["preview"], size, options)
-        stages.record("prepare", stages.clock() - prepare_started)
+        stages.record("prepare", stages.clock() - prepare_started - narration_seconds)
         try:
             compose_started = stages.clock()
             stills = compose(timeline, timed, encoder, font=font, progress=progress,
@@ -108,6 +129,8 @@ def render_to_folder(
         except BaseException:
             encoder.abort()
             raise
+        with stages.stage("audio"):
+            notes += _soundtrack(narration, timeline, files, settings)
         with stages.stage("stills"):
             files["storyboard"].write_text(storyboard.model_dump_json(indent=2),
                                            encoding="utf-8")
@@ -115,19 +138,67 @@ def render_to_folder(
             files["captions_vtt"].write_text(to_webvtt(timeline), encoding="utf-8")
             save_poster(stills.poster, files["poster"])
             contact_sheet(storyboard, stills.scenes, font).save(files["contact_sheet"], "PNG")
+        with stages.stage("check"):
+            spans = scene_spans(timeline, storyboard, scene_kinds(storyboard, plan))
+            problems = _quality_problems(staging, storyboard, timeline, spans,
+                                         narration.spoken, settings)
+            if not animatic:  # a quick preview is not for editing
+                build_bundle(staging, narration_wavs=narration.files or None, scenes=spans)
 
         with stages.stage("save"):
             published = {}
             for name, file_name in OUTPUT_FILES.items():
+                if name in OPTIONAL_FILES and not files[name].exists():
+                    continue
                 published[name] = out_dir / file_name
                 os.replace(files[name], published[name])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if plan is not None:  # the renderer is a DiffusionRenderer
-        notes = [f"Scene {index + 1} was rendered with less memory: {', '.join(given_up)}."
-                 for index, given_up in sorted(renderer.degraded.items())]
-        return RenderResult(published, plan.preset, renderer.generated, notes)
-    return RenderResult(published, "animatic")
+        notes += [f"Scene {index + 1} was rendered with less memory: {', '.join(given_up)}."
+                  for index, given_up in sorted(renderer.degraded.items())]
+        return RenderResult(published, plan.preset, renderer.generated, notes, problems,
+                            storyboard)
+    return RenderResult(published, "animatic", notes=notes, problems=problems,
+                        storyboard=storyboard)
+
+
+def _narrate(storyboard: Storyboard, settings: Settings, folder: Path) -> NarrationAudio:
+    """The storyboard spoken, or left silent when narration is off."""
+    if not settings.narration.enabled or settings.narration.backend == "none":
+        return NarrationAudio(storyboard, None, "")
+    return speak_storyboard(storyboard, settings, folder)
+
+
+def _soundtrack(narration: NarrationAudio, timeline: Timeline, files: dict[str, Path],
+                settings: Settings) -> list[str]:
+    """Mix the voice and the school's music, and put the track into the video and its
+    preview as AAC; return the notes (a missing track, silence)."""
+    choice = pick_music(settings.audio)
+    notes = [choice.note] if choice.note else []
+    voice = ([VoiceClip(0.0, narration.track(timeline), narration.sample_rate)]
+             if narration.spoken else [])
+    if not voice and choice.path is None:
+        return notes  # nothing to hear: the video stays without an audio track
+    mixed = mix(voice, choice.path, timeline.seconds, settings.audio)
+    mux_audio_into([(files["video"], files["video"]), (files["preview"], files["preview"])],
+                   mixed, video_seconds=timeline.frame_count / timeline.fps)
+    return notes + mixed.notes
+
+
+def _quality_problems(staging: Path, storyboard: Storyboard, timeline: Timeline,
+                      spans: list, narrated: bool, settings: Settings) -> list[str]:
+    """Check the video as a viewer would see it and store the report as qc.json; return the
+    problems as sentences. A check that cannot run never costs the video."""
+    try:
+        report = write_report(staging, storyboard=storyboard, scenes=spans,
+                              cues=cue_spans(timeline), narration_expected=narrated,
+                              target_lufs=settings.audio.target_lufs)
+    except QualityCheckError as exc:
+        log.warning("the quality check could not run: %s", exc)
+        (staging / OUTPUT_FILES["qc"]).write_text("{}", encoding="utf-8")
+        return []
+    return [problem.message for problem in report.problems]
 
 
 def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Settings,

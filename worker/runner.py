@@ -80,7 +80,7 @@ class ResidentWorker(SimpleWorker):
             job.meta["cuda_faults"] = faults
             job.save_meta()
             if faults < MAX_CUDA_FAULTS:
-                job.requeue()  # from the failed jobs back onto the queue, for a fresh worker
+                job.requeue(at_front=True)  # it waited its turn once: first for a fresh worker
                 self.log.error("CUDA fault in job %s; queued again, this worker exits", job.id)
             else:  # the job itself breaks the GPU, or the GPU is broken: stop trying
                 self.log.error("CUDA fault in job %s again; giving up on it", job.id)

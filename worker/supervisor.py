@@ -9,8 +9,9 @@ worker pool does not fit a GPU worker).
 
 A child that exits is started again. One that keeps dying within a minute of starting waits
 1, 2, 4 … up to 60 s between tries, so a broken GPU does not spin. SIGTERM or SIGINT reaches
-every child, which finishes its job in hand (RQ's warm shutdown); after `grace_seconds` the
-ones still running are killed, and their jobs are run again by the heartbeat recovery.
+every child, which finishes its job in hand (RQ's warm shutdown); a second one, or
+`grace_seconds` passing, stops them at once, and their jobs are run again by the heartbeat
+recovery.
 """
 
 from __future__ import annotations
@@ -111,10 +112,23 @@ class Supervisor:
                 process.kill()
                 process.wait(10)
 
+    def hurry(self) -> None:
+        """A second stop request: the children stop now (RQ takes a second SIGTERM as "stop
+        mid-job"; the heartbeat recovery runs those jobs again later)."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+
+    def _on_signal(self, *_args) -> None:
+        if self.stopping.is_set():
+            self.hurry()
+        self.stopping.set()
+
     def run(self, *, poll_seconds: float = 0.5) -> int:
-        """Start the children and keep them running until SIGTERM or SIGINT."""
+        """Start the children and keep them running until SIGTERM or SIGINT; a second one
+        stops them at once."""
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stopping.set())
+            signal.signal(signum, self._on_signal)
         self.start()
         while not self.stopping.wait(poll_seconds):
             self.check()
