@@ -18,6 +18,10 @@ MESSAGES = {
         "aspect": "Aspect ratio: {old} → {new}",
         "style": "Style: {old} → {new}",
         "title_card": "Title card: {old} → {new}",
+        "voice": "Voice: {old} → {new}",
+        "music": "Music: {old} → {new}",
+        "default": "the school's default",
+        "no_music": "none",
         "removed": "Removed scene {n} ({label})",
         "added": "Added scene {n} ({label})",
         "moved": "Scene {old_n} moved to position {n}",
@@ -37,6 +41,10 @@ MESSAGES = {
         "aspect": "画面比例：{old} → {new}",
         "style": "风格：{old} → {new}",
         "title_card": "片头：{old} → {new}",
+        "voice": "声音：{old} → {new}",
+        "music": "音乐：{old} → {new}",
+        "default": "学校默认",
+        "no_music": "无",
         "removed": "删除了场景 {n}（{label}）",
         "added": "新增场景 {n}（{label}）",
         "moved": "场景 {old_n} 移到第 {n} 位",
@@ -69,6 +77,13 @@ def describe_changes(old: Storyboard, new: Storyboard, moved: Collection[str] = 
     if old.title_card_seconds != new.title_card_seconds:
         lines.append(say["title_card"].format(old=format_seconds(old.title_card_seconds),
                                               new=format_seconds(new.title_card_seconds)))
+    for field in ("voice", "music"):
+        before, after = getattr(old, field), getattr(new, field)
+        if before != after:
+            def shown(value: str) -> str:
+                return say["no_music"] if value == "none" else value or say["default"]
+
+            lines.append(say[field].format(old=shown(before), new=shown(after)))
 
     old_positions = {scene.id: index for index, scene in enumerate(old.scenes)}
     new_ids = {scene.id for scene in new.scenes}

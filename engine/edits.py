@@ -41,6 +41,13 @@ _A = rf"(?P<a>{_SCENE})"
 _B = rf"(?P<b>{_SCENE})"
 _SECONDS = rf"(?P<sec>{_ZH_NUM})\s*(?:s|secs?|seconds?|秒钟?)"
 
+# A voice's name as espeak-ng and the voice presets spell them ("en-gb", "cmn-latn-pinyin",
+# "mms-tts-eng"), or "default"; a music track is a file name with an audio extension, or
+# "none", "random" or "default". Narrow on purpose: "use music to show rhythm" is no edit.
+_VOICE = r"(?P<voice>default|[a-z]{2,3}(?:[-_+][a-z0-9]{1,12}){0,4})"
+_TRACK = (r"(?P<track>none|random|default|[\w][\w .()'&-]{0,100}"
+          r"\.(?:mp3|ogg|oga|opus|wav|flac|m4a|aac))")
+
 _POLITE = re.compile(
     r"^(?:please|pls|can you|could you|would you|kindly|ok(?:ay)?|now)[\s,]+"
     r"|[\s,]+(?:please|thanks?)$"
@@ -229,6 +236,18 @@ def _new_seed(storyboard: Storyboard, match: re.Match) -> Storyboard:
     return _with_scenes(storyboard, scenes)
 
 
+def _voice(storyboard: Storyboard, match: re.Match) -> Storyboard:
+    voice = match["voice"] or ""
+    return storyboard.revise(voice="" if voice == "default" else voice)
+
+
+def _music(storyboard: Storyboard, match: re.Match) -> Storyboard:
+    track = match["track"] if "track" in match.groupdict() and match["track"] else "none"
+    if track.lower() in ("default", "random", "默认", "随机"):
+        track = ""
+    return storyboard.revise(music=track)
+
+
 def _total_length(storyboard: Storyboard, match: re.Match) -> Storyboard | None:
     seconds, span = find_duration(match["len"])
     rest = match["len"][span[1]:] if span else ""
@@ -295,6 +314,15 @@ def _rules() -> list[_Rule]:
          r"(?: format| video| mode| aspect(?: ratio)?)?", _aspect),
         (r"(?:改成|换成|变成|用|改为)?(?P<aspect>竖屏|横屏|正方形|方形|16:9|9:16|1:1)(?:的)?"
          r"(?:格式|比例|画面|视频)?", _aspect),
+        # the sound: a voice, a music track, or none
+        (rf"(?:use (?:the )?|change the voice to |set the voice to )?voice:? {_VOICE}", _voice),
+        (rf"(?:用|换成|改成|使用)?(?:声音|语音|配音)(?:改成|换成|用|为|:|：)?\s*(?:{_VOICE}|"
+         r"(?P<zh_default>默认))", _voice),
+        (r"(?:no|without|remove the|turn off the|drop the) (?:background )?music", _music),
+        (r"(?:不要|去掉|关掉|取消)(?:背景)?音乐", _music),
+        (rf"(?:use |play |change the music to |set the music to )?(?:background )?music:? "
+         rf"{_TRACK}", _music),
+        (rf"(?:用|换成|改成|播放)?(?:背景)?音乐(?:改成|换成|用|为|:|：)\s*{_TRACK}", _music),
         (rf"(?:new seed|reroll|re-roll|another take|a different take|regenerate)(?: for)?"
          rf"(?: the)? {_A}", _new_seed),
         (rf"(?:give )?(?:the )?{_A} (?:a )?(?:new|different) (?:seed|take)", _new_seed),

@@ -319,5 +319,6 @@ def answer_to_storyboard(
         grade=current.grade if current else grade, language=answer.language,
         aspect=answer.aspect, style=styles[answer.style],
         title_card_seconds=current.title_card_seconds if current else title_card_seconds,
+        voice=current.voice if current else "", music=current.music if current else "",
         scenes=scenes,
     )

@@ -96,6 +96,11 @@ class Storyboard(_Frozen):
     style: Style
     title_card_seconds: int = Field(2, ge=0, le=5)
     scenes: list[Scene] = Field(min_length=1, max_length=MAX_SCENES)
+    # The teacher's choices for the sound, over the settings': a voice (an espeak-ng voice
+    # or a voice preset) and a music track ("none", or a file in the school's music folder).
+    # "" leaves it to the settings. Set by plain edits ("voice en-gb", "no music").
+    voice: str = Field("", max_length=80, pattern=r"^[A-Za-z0-9._+-]*$")
+    music: str = Field("", max_length=120, pattern=r"^[^/\\\x00-\x1f]*$")
 
     @model_validator(mode="after")
     def _scene_ids_are_unique(self) -> Storyboard:

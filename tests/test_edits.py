@@ -156,3 +156,38 @@ def test_retime_hits_the_total_within_bounds(durations, body):
         assert all(2 <= d <= 10 for d in result)
     else:
         assert result is None
+
+
+@pytest.mark.parametrize(("message", "voice", "music"), [
+    ("voice en-gb", "en-gb", ""), ("use voice cmn-latn-pinyin", "cmn-latn-pinyin", ""),
+    ("配音 en-us", "en-us", ""), ("no music", "", "none"), ("不要背景音乐", "", "none"),
+    ("music calm_piano.mp3", "", "calm_piano.mp3"), ("背景音乐改成 轻音乐.mp3", "", "轻音乐.mp3"),
+])
+def test_the_voice_and_the_music_are_chosen_by_plain_edits(board, message, voice, music):
+    edited = apply_plain_edit(board, message)
+    assert (edited.voice, edited.music) == (voice, music)
+    assert [scene.duration for scene in edited.scenes] == [s.duration for s in board.scenes]
+    back = apply_plain_edit(edited, "voice default" if voice else "music random")
+    assert (back.voice, back.music) == ("", "")
+
+
+@pytest.mark.parametrize("message", ["use music to show the rhythm of the poem", "voice over",
+                                     "music that feels calm"])
+def test_sentences_about_music_or_voices_are_not_taken_as_choices(board, message):
+    assert apply_plain_edit(board, message) is None
+
+
+def test_a_sound_choice_is_said_and_kept_through_a_model_edit(board):
+    from engine.drafter import styles
+    from engine.llm import Answer, AnswerScene, answer_to_storyboard
+
+    edited = apply_plain_edit(board, "no music")
+    assert describe_changes(board, edited) == ["Music: the school's default → none"]
+    answer = Answer(title="New", audience=board.audience, language=board.language,
+                    aspect=board.aspect, style=next(iter(styles())), reply="ok",
+                    scenes=[AnswerScene(id=s.id, visual=s.visual, narration=s.narration,
+                                        on_screen_text=s.on_screen_text or "",
+                                        duration=s.duration) for s in edited.scenes])
+    after = answer_to_storyboard(answer, edited, styles(), grade=None, title_card_seconds=2,
+                                 salt="t")
+    assert after.title == "New" and after.music == "none"

@@ -130,7 +130,7 @@ def render_to_folder(
             encoder.abort()
             raise
         with stages.stage("audio"):
-            notes += _soundtrack(narration, timeline, files, settings)
+            notes += _soundtrack(narration, timeline, files, settings, storyboard.music)
         with stages.stage("stills"):
             files["storyboard"].write_text(storyboard.model_dump_json(indent=2),
                                            encoding="utf-8")
@@ -167,14 +167,14 @@ def _narrate(storyboard: Storyboard, settings: Settings, folder: Path) -> Narrat
     """The storyboard spoken, or left silent when narration is off."""
     if not settings.narration.enabled or settings.narration.backend == "none":
         return NarrationAudio(storyboard, None, "")
-    return speak_storyboard(storyboard, settings, folder)
+    return speak_storyboard(storyboard, settings, folder, voice_name=storyboard.voice or None)
 
 
 def _soundtrack(narration: NarrationAudio, timeline: Timeline, files: dict[str, Path],
-                settings: Settings) -> list[str]:
+                settings: Settings, storyboard_music: str = "") -> list[str]:
     """Mix the voice and the school's music, and put the track into the video and its
     preview as AAC; return the notes (a missing track, silence)."""
-    choice = pick_music(settings.audio)
+    choice = pick_music(settings.audio, storyboard_music or None)
     notes = [choice.note] if choice.note else []
     voice = ([VoiceClip(0.0, narration.track(timeline), narration.sample_rate)]
              if narration.spoken else [])
