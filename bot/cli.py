@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_models)
 
     bench = commands.add_parser("bench", help="measure performance")
-    bench.add_argument("suite", choices=["compose", "render"], help="what to measure")
+    bench.add_argument("suite", choices=["compose", "render", "audio"], help="what to measure")
     bench.add_argument("--model", type=Path, help="render: a pipeline folder (default: a "
                        "random Wan built for the run)")
     bench.add_argument("--seconds", type=int, default=30, help="length of the test video")
@@ -333,6 +333,8 @@ def _bench(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.suite == "render":
         return _bench_render(settings, args)
+    if args.suite == "audio":
+        return _bench_audio(settings, args)
     report = {"machine": machine(), "compose": bench_compose(settings, seconds=args.seconds,
                                                              repeat=args.repeat),
               "demo": bench_demo_wall(seconds=args.seconds)}
@@ -350,6 +352,32 @@ def _bench(args: argparse.Namespace) -> int:
                   f"{compose['seconds_per_output_second_median']:.3f} s")
     table.add_row(f"lessonreel demo, {demo['video_seconds']} s video, wall time",
                   f"{demo['demo_wall_seconds'][0]:.2f} s")
+    Console().print(table)
+    _write_report(args.json, report)
+    return 0
+
+
+def _bench_audio(settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.bench import bench_audio, machine
+
+    report = {"machine": machine(),
+              "audio": bench_audio(settings, seconds=args.seconds, repeat=args.repeat)}
+    audio = report["audio"]
+    table = Table(title=f"lessonreel bench audio ({report['machine']['cpus']} CPUs)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for voice, figure in audio["tts_seconds_per_speech_second"].items():
+        table.add_row(f"speech: {voice}", f"{figure} s per second of speech"
+                      if isinstance(figure, float) else str(figure))
+    table.add_row(f"soundtrack mix + AAC mux, {audio['video_seconds']} s video",
+                  f"{audio['audio_seconds_per_output_second']:.3f} s per output second")
+    if "interpolation_seconds_per_output_second" in audio:
+        table.add_row("frame interpolation, 832x480, 16 -> 24 fps",
+                      f"{audio['interpolation_seconds_per_output_second']:.3f} s per output "
+                      "second")
     Console().print(table)
     _write_report(args.json, report)
     return 0

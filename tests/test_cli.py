@@ -332,3 +332,16 @@ def test_demo_end_to_end_with_the_language_model_and_a_video_model(tmp_path):
     info = probe(out / "video.mp4")
     assert max(info.width, info.height) == 64  # the model chose the aspect ratio
     assert info.seconds == pytest.approx(total, rel=0.05)
+
+
+def test_bench_audio_reports_speech_mixing_and_interpolation_costs(tmp_path):
+    report_path = tmp_path / "audio.json"
+    result = run_cli("bench", "audio", "--seconds", "6", "--repeat", "1", "--json",
+                     str(report_path), data_dir=tmp_path / "d")
+    assert result.returncode == 0, result.stderr
+    audio = json.loads(report_path.read_text())["audio"]
+    speech = audio["tts_seconds_per_speech_second"]
+    assert 0 < speech["espeak-ng en-us (en)"] < 1  # faster than real time
+    assert 0 < speech["espeak-ng cmn-latn-pinyin (zh)"] < 1
+    assert audio["audio_seconds_per_output_second"] > 0
+    assert "per second of speech" in result.stdout and "per output second" in result.stdout

@@ -200,3 +200,24 @@ def bench_render(settings: Settings, *, model: Path | None = None, scenes: int =
         "rerender_ratio": round(edit / full, 3), "rerender_target": 0.25,
         "rerendered_scenes": [index + 1 for index in rerender.generated_scenes],
     }
+
+
+def bench_audio(settings: Settings, *, seconds: int = 30, repeat: int = 3) -> dict:
+    """The voice and the finish: seconds of synthesis per second of speech for each voice
+    (espeak-ng per language, each installed voice preset), and the wall time that mixing and
+    muxing the soundtrack, and interpolating frames, add per second of output video."""
+    from worker.audio import measure_mixing
+    from worker.tts import bench_tts
+
+    report: dict = {"tts_seconds_per_speech_second": bench_tts(settings, repeat=repeat),
+                    "video_seconds": seconds,
+                    "audio_seconds_per_output_second": round(
+                        measure_mixing(seconds, repeat=repeat, settings=settings.audio), 4)}
+    try:
+        from worker.interpolate import measure_interpolation
+    except ImportError:  # frame interpolation is not part of this build
+        return report
+    report["interpolation_seconds_per_output_second"] = round(
+        min(measure_interpolation(seconds=min(seconds, 10)) for _ in range(repeat)), 4)
+    return report
+
