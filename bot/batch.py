@@ -11,10 +11,13 @@ queued row), and the totals on stderr. It exits 0 when at least one row was queu
 
 Both take the same steps (`queue_batch`). engine/batch.py reads the file and drafts each
 row as a chat message is drafted; here are the rules a person meets: students may not;
-rows beyond the teacher's render minutes for today or beyond the queue's length are
-reported, not dropped; a row the moderation policy refuses is audited like a refused
-message, and its words are not repeated back. High rows go first, so they get what room
-there is, and they take no turn from another teacher (engine/fair_queue.py).
+rows beyond the teacher's render minutes for today or beyond the batch's share of the
+queue (`batch_room`: the last places stay free for other teachers' renders) are reported,
+not dropped; a row the moderation policy refuses is audited like a refused message, and
+its words are not repeated back; a row that fails (a bug, Redis gone for a moment) is
+reported as failed and the rows queued before it are still reported as queued, so they
+are not sent again. High rows go first, so they get what room there is, and they take no
+turn from another teacher (engine/fair_queue.py).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from engine.jobs import new_job_id, render_queue
 from engine.library import link_to
 from engine.moderation import Policy, Verdict
 from engine.request import clean_text, detect_language
-from engine.settings import load_settings
+from engine.settings import Settings, load_settings
 from engine.storyboard import format_seconds
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,10 @@ EXIT_BAD_INPUT = 2
 SUMMARY_MAX_CHARS = 2900
 SHOWN_TITLE_CHARS = 40
 QUEUE_ORDER = {"high": 0, "normal": 1, "low": 2}  # the order rows go onto the queue
+# A batch leaves this many of the render queue's places (bot.max_queued_jobs) free, or a
+# quarter of them if more, so one teacher's file does not turn every other away for hours.
+BATCH_FREE_PLACES = 2
+BATCH_FREE_SHARE = 4
 DEFAULT_FILE_NAME = "batch.csv"
 _OWNER = re.compile(r"console:([A-Za-z0-9_.\-]{1,64})")
 
@@ -161,23 +168,37 @@ def queue_batch(service: ChatService, place: Place, author: Author, batch: Batch
     results = {error.line: RowResult(error.line, error.title, error=error.message)
                for error in batch.errors}
     queue = render_queue(service.redis, settings, service.queue_name)
+    room = batch_room(settings)
     renders_left = _renders_left_today(service, place, author)
     batch_id = secrets.token_hex(4)
     for row in sorted(batch.rows, key=lambda row: QUEUE_ORDER[row.priority]):
-        if queue.count >= settings.bot.max_queued_jobs:
-            results[row.line] = RowResult(row.line, row.title, error=say(
-                lang, "batch_queue_full", limit=settings.bot.max_queued_jobs))
-        elif renders_left is not None and renders_left <= 0:
-            results[row.line] = RowResult(row.line, row.title, error=say(
-                lang, "batch_quota", limit=settings.bot.render_minutes_per_day))
-        else:
-            # A conversation of its own per row: a storyboard with its versions, as in chat.
-            conversation = f"{place.key}#batch-{batch_id}-{row.line}"
-            results[row.line] = _queue_row(service, place, author, row, conversation, lang,
-                                           queue=queue, links=links, batch_id=batch_id)
-            if renders_left is not None and results[row.line].job_id:
-                renders_left -= 1
+        try:
+            if queue.count >= room:
+                result = RowResult(row.line, row.title, error=say(
+                    lang, "batch_queue_busy", room=room, limit=settings.bot.max_queued_jobs))
+            elif renders_left is not None and renders_left <= 0:
+                result = RowResult(row.line, row.title, error=say(
+                    lang, "batch_quota", limit=settings.bot.render_minutes_per_day))
+            else:
+                # A conversation of its own per row: a storyboard with its versions, as in chat.
+                conversation = f"{place.key}#batch-{batch_id}-{row.line}"
+                result = _queue_row(service, place, author, row, conversation, lang,
+                                    queue=queue, links=links, batch_id=batch_id)
+        except Exception:  # one row's failure costs that row, not the rows queued before it:
+            # answering "internal error" for the whole file would have them sent twice
+            log.exception("batch row %d failed in %s", row.line, place.key)
+            result = RowResult(row.line, row.title, error=say(lang, "internal"))
+        results[row.line] = result
+        if renders_left is not None and result.job_id:
+            renders_left -= 1
     return [results[line] for line in sorted(results)]
+
+
+def batch_room(settings: Settings) -> int:
+    """How many jobs may be waiting on the render queue before a batch adds no more rows:
+    the rest of the queue stays free for other teachers' renders."""
+    limit = settings.bot.max_queued_jobs
+    return max(0, limit - max(BATCH_FREE_PLACES, limit // BATCH_FREE_SHARE))
 
 
 def _queue_row(service: ChatService, place: Place, author: Author, row: BatchRow,
@@ -191,9 +212,6 @@ def _queue_row(service: ChatService, place: Place, author: Author, row: BatchRow
             lang, "batch_blocked", category=_category(lang, blocked.verdict)))
     except UserError as exc:
         return RowResult(row.line, row.title, error=str(exc))
-    except Exception:  # one row's bug must not cost the others
-        log.exception("batch row %d failed in %s", row.line, place.key)
-        return RowResult(row.line, row.title, error=say(lang, "internal"))
     board = drafted.storyboard
     job_id = new_job_id()
     # The route first, as for a render pressed in chat: the relay finds the thread for the
@@ -205,8 +223,14 @@ def _queue_row(service: ChatService, place: Place, author: Author, row: BatchRow
         batch=batch_id))
     enqueue_row(service.redis, service.settings, drafted, job_id=job_id,
                 owner=f"{place.platform}:{author.id}", queue=queue)
-    link = link_to(service.library, service.settings, service.share_secret, job_id,
-                   reuse=False) if links else None
+    link = None
+    if links:
+        try:
+            link = link_to(service.library, service.settings, service.share_secret, job_id,
+                           reuse=False)
+        except Exception:  # the render is queued all the same: a row reported as failed
+            # would be sent again and rendered twice; the link can be made when it is done
+            log.exception("no share link for batch row %d (%s)", row.line, job_id)
     return RowResult(row.line, board.title, job_id=job_id, link=link)
 
 

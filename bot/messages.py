@@ -256,8 +256,9 @@ SAY["en"].update({
     "batch_more": "…and {count} more rows not listed here: {queued} queued, {failed} not.",
     "batch_blocked": ("It touches on {category}, which is not suitable for students; change "
                       "the request."),
-    "batch_queue_full": ("Not queued: the render queue is full ({limit} videos waiting); send "
-                         "this row again later."),
+    "batch_queue_busy": ("Not queued: the render queue is busy (a batch may fill {room} of its "
+                         "{limit} places, so that other teachers' videos still fit); send this "
+                         "row again later."),
     "batch_quota": ("Not queued: it would go beyond your {limit} render minutes for today; "
                     "send this row again tomorrow."),
     "batch_dry_run": "can be queued (dry run: not queued)",
@@ -274,7 +275,8 @@ SAY["zh"].update({
     "batch_queued_as": "已排队：{job}",
     "batch_more": "……还有 {count} 行未列出：{queued} 行已排队，{failed} 行未排队。",
     "batch_blocked": "内容涉及{category}，不适合学生；请修改 request。",
-    "batch_queue_full": "未排队：渲染队列已满（{limit} 个视频在等待）；请稍后再发送这一行。",
+    "batch_queue_busy": ("未排队：渲染队列正忙（批量最多占用队列 {limit} 个位置中的 {room} 个，"
+                         "好让其他老师的视频也能排上）；请稍后再发送这一行。"),
     "batch_quota": "未排队：会超出你今天 {limit} 分钟的渲染配额；请明天再发送这一行。",
     "batch_dry_run": "可以排队（试运行：未排队）",
     "batch_totals": "{total} 行中 {queued} 行已排队，{failed} 行未排队。",

@@ -184,7 +184,9 @@ def read_batch(data: bytes, settings: Settings, *, language: str = "en") -> Batc
         raise fail("empty")
 
     # 2. The header: which column is which.
-    first = next(line for line in text.splitlines() if line.strip())
+    first = next((line for line in text.splitlines() if not _blank(line)), None)
+    if first is None:  # only blank cells (",,")
+        raise fail("empty")
     delimiter = max(DELIMITERS, key=lambda d: _known_columns(first, d))
     records = _records(text, delimiter, language)
     line, header = records.pop(0)
@@ -332,9 +334,15 @@ def _records(text: str, delimiter: str, language: str) -> list[tuple[int, list[s
                 problem = _say(language, "bad_csv", reason=reason)
             records.append((read_to + 1, problem))
         else:
-            if cells or records:  # blank lines before the header are not records
+            # Lines of blank cells before the header (" ", ";;") are not records.
+            if records or any(cell.strip() for cell in cells):
                 records.append((read_to + 1, cells))
         read_to = reader.line_num
+
+
+def _blank(line: str) -> bool:
+    """Whether a line holds nothing but blank cells, whichever the delimiter."""
+    return not line.strip().strip("".join(DELIMITERS) + " \"")
 
 
 def _read_row(line: int, cells: list[str], columns: list[str], settings: Settings,

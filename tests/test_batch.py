@@ -16,7 +16,14 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from bot.batch import RowResult, batch_from_file, batch_too_large, is_batch_file, summary_text
+from bot.batch import (
+    RowResult,
+    batch_from_file,
+    batch_too_large,
+    is_batch_file,
+    queue_batch,
+    summary_text,
+)
 from bot.core import Author, Place, gpu_seconds_key
 from engine.batch import BatchError, read_batch
 from engine.drafter import styles
@@ -197,6 +204,7 @@ def test_a_storyboard_the_language_model_made_unsafe_is_not_queued(service, runt
 @pytest.mark.parametrize(("case", "data", "sentence"), [
     ("empty", b"", "The file is empty; send a CSV whose first line names the columns"),
     ("blank", codecs.BOM_UTF8 + b"\n \n", "The file is empty"),
+    ("only blank cells", b" , \n;;\n\"\"\n", "The file is empty"),
     ("only a header", csv_bytes(), "The file has a header but no rows"),
     ("binary", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00" + bytes(range(256)),
      "The file is not CSV text"),
@@ -242,17 +250,46 @@ def test_a_student_may_not_send_a_batch_and_an_unsafe_file_name_is_refused(servi
     assert render_queue(runtime.connection, runtime.settings).count == 0
 
 
-def test_rows_beyond_the_queue_length_are_reported_and_high_rows_get_the_room(service,
-                                                                               runtime):
-    _with(service, bot={"max_queued_jobs": 3})
+def test_rows_beyond_the_batchs_share_of_the_queue_are_reported_and_high_rows_get_the_room(
+        service, runtime):
+    _with(service, bot={"max_queued_jobs": 5})  # a batch leaves 2 places free: 3 for it
     data = csv_bytes(*[f"Normal {n},Explain rain to grade {n},,,," for n in range(2, 6)],
                      "Urgent,Explain snow to grade 4,,,,HIGH")
     [summary] = batch_from_file(service, place(), TEACHER, data, "week.csv")
     said = summary_rows(summary.text)
     assert sorted(queued_jobs(summary.text)) == [2, 3, 6]
     for line in (4, 5):
-        assert "the render queue is full (3 videos waiting)" in said[line]
+        assert "Not queued: the render queue is busy" in said[line], said[line]
+        assert "send this row again later" in said[line]
     assert queued_specs(runtime)[0]["storyboard"]["title"] == "Urgent"
+
+
+def test_one_teachers_big_batch_leaves_room_on_the_queue_for_another_teachers_render(
+        service, runtime):
+    _with(service, bot={"max_queued_jobs": 20})
+    data = csv_bytes(*[f"Lesson {n},Explain {TOPICS[n % len(TOPICS)]} to grade {5 + n % 4},,,,"
+                       for n in range(25)])
+    [summary] = batch_from_file(service, place("a"), TEACHER, data, "term.csv")
+    said = summary_rows(summary.text)
+    assert len(queued_jobs(summary.text)) == 15, summary.text  # 20 less 5 left for others
+    busy = [line for line, text in said.items() if "the render queue is busy" in text]
+    assert len(busy) == 10 and "send this row again later" in said[busy[0]]
+
+    other, there = Author("U2", "Mr Okafor"), place("b")
+    service.message(there, other, "Explain magnets to grade 4 in 30 seconds")
+    [queued] = service.message(there, other, "render")
+    assert queued.follows_job, queued.text
+    assert "queue is full" not in queued.text
+    assert queued.follows_job in render_queue(runtime.connection, runtime.settings).job_ids
+
+
+def test_a_chinese_batch_is_told_in_chinese_that_the_queue_is_busy(service, runtime):
+    _with(service, bot={"max_queued_jobs": 3})  # a batch leaves 2 places free: 1 for it
+    data = csv_bytes("光合作用,给初一学生讲解光合作用,30秒,zh,,",
+                     "浮力,给初二学生讲解浮力,30秒,zh,,")
+    [summary] = batch_from_file(service, place(), TEACHER, data, "物理.csv")
+    assert summary.text.startswith("批量“物理.csv”：2 行中 1 行已排队，1 行未排队。")
+    assert "未排队：渲染队列正忙" in summary.text
 
 
 def test_rows_beyond_the_render_minutes_left_today_are_reported(service, runtime):
@@ -269,6 +306,57 @@ def test_rows_beyond_the_render_minutes_left_today_are_reported(service, runtime
     [again] = batch_from_file(service, place(), TEACHER, data, "day.csv")
     assert not queued_jobs(again.text) and "none of its 3 rows" in again.text
     assert render_queue(runtime.connection, runtime.settings).count == 1
+
+
+class RoutesThatFailForOneLine:
+    """The real route store, except that saving the route of one row's render fails as a
+    dropped Redis connection does."""
+
+    def __init__(self, routes, line: int) -> None:
+        self.routes = routes
+        self.line = line
+
+    def save(self, route) -> None:
+        if route.conversation.endswith(f"-{self.line}"):  # "<place>#batch-<id>-<line>"
+            raise redis.ConnectionError("Connection reset by peer")
+        self.routes.save(route)
+
+    def __getattr__(self, name: str):
+        return getattr(self.routes, name)
+
+
+def test_a_row_that_fails_part_way_is_reported_and_the_rows_queued_before_it_are_kept(
+        service, runtime):
+    service.routes = RoutesThatFailForOneLine(service.routes, line=7)
+    data = csv_bytes(*[f"Lesson {n},Explain {TOPICS[n]} to grade 5,,,," for n in range(8)])
+    [summary] = batch_from_file(service, place(), TEACHER, data, "week.csv")
+    assert summary.text.startswith("Batch “week.csv”: 7 of 8 rows queued, 1 not."), summary.text
+    said = summary_rows(summary.text)
+    assert "something went wrong on my side" in said[7]
+    jobs = queued_jobs(summary.text)
+    assert sorted(jobs) == [2, 3, 4, 5, 6, 8, 9]
+    assert {spec["job_id"] for spec in queued_specs(runtime)} == set(jobs.values())
+
+
+def test_a_share_link_that_cannot_be_made_leaves_its_queued_row_queued(service, runtime,
+                                                                       monkeypatch):
+    made = []
+
+    def link_that_fails_once(library, settings, secret, job_id, *, reuse=True):
+        made.append(job_id)
+        if len(made) == 2:
+            raise redis.ConnectionError("Connection reset by peer")
+        return f"http://localhost:8080/v/{job_id}"
+
+    monkeypatch.setattr("bot.batch.link_to", link_that_fails_once)
+    batch = read_batch(csv_bytes("A,Explain rain to grade 3,,,,", "B,Explain snow to grade 3,,,,",
+                                 "C,Explain hail to grade 3,,,,"), runtime.settings)
+    results = queue_batch(service, Place("console", "ms.chen", "batch-1"), Author("ms.chen"),
+                          batch, links=True)
+    assert [(result.line, result.error) for result in results] == [(2, None), (3, None),
+                                                                   (4, None)]
+    assert [result.link is None for result in results] == [False, True, False]
+    assert render_queue(runtime.connection, runtime.settings).count == 3  # nothing to resend
 
 
 def test_the_summary_fits_one_message_and_counts_the_rows_it_cannot_list():
@@ -309,6 +397,14 @@ def test_lines_are_the_files_own_across_quoted_line_breaks_blank_lines_and_bad_q
     assert errors[5].startswith("It cannot be read as CSV")
     assert errors[7].startswith("It opens a quote that is never closed")
     assert batch.sentence(batch.errors[0]).startswith("Line 5: It cannot be read as CSV")
+
+
+def test_blank_lines_before_the_header_are_skipped_and_lines_stay_the_files_own(settings):
+    data = b" \n\t\n , \ntitle,request\n\nRain,Explain rain to grade 3\n"
+    batch = read_batch(data, settings)
+    assert not batch.errors
+    assert [(row.line, row.title, row.request) for row in batch.rows] == [
+        (6, "Rain", "Explain rain to grade 3")]
 
 
 def test_huge_cells_are_errors_of_their_rows_and_the_other_rows_still_run(settings):

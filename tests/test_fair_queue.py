@@ -156,10 +156,60 @@ def test_high_rows_first_then_normal_rows_give_a_teacher_one_turn_at_a_time(
 def test_low_jobs_run_last_even_behind_normal_jobs_that_arrive_later(settings, redis_connection):
     first = _enqueue(redis_connection, settings, "slack:C")
     background = [_enqueue(redis_connection, settings, "slack:A", "low") for _ in range(2)]
-    later = [_enqueue(redis_connection, settings, owner) for owner in ("slack:B", "slack:A")]
+    b_normal, a_normal = (_enqueue(redis_connection, settings, owner)
+                          for owner in ("slack:B", "slack:A"))
     urgent = _enqueue(redis_connection, settings, "slack:B", "high")
+    # B's high job takes B's turn, and B's normal job moves on to B's next: after A's.
     assert render_queue(redis_connection, settings).job_ids == [
-        first, urgent, *later, *background]
+        first, urgent, a_normal, b_normal, *background]
+
+
+def test_a_high_job_goes_before_the_teachers_normal_jobs_not_before_another_teachers(
+        settings, redis_connection):
+    """The reviewer's case: A's high jobs after both teachers' normal ones open no second
+    lane; B's jobs keep their places in A's turns."""
+    a_normal = [_enqueue(redis_connection, settings, "slack:A") for _ in range(5)]
+    b_normal = [_enqueue(redis_connection, settings, "slack:B") for _ in range(5)]
+    a_high = [_enqueue(redis_connection, settings, "slack:A", "high") for _ in range(5)]
+    queued = render_queue(redis_connection, settings).job_ids
+    assert queued == [a_normal[0], b_normal[0], a_high[0], b_normal[1], a_high[1], b_normal[2],
+                      a_high[2], b_normal[3], a_high[3], b_normal[4], a_high[4], *a_normal[1:]]
+    assert _owners_in_worker_order(redis_connection, settings, 10) == [
+        "slack:A", "slack:B"] * 5
+
+
+def test_a_later_high_job_goes_behind_the_teachers_earlier_high_ones_and_before_their_normal_ones(
+        settings, redis_connection):
+    b_normal = [_enqueue(redis_connection, settings, "slack:B") for _ in range(3)]
+    a_jobs = [_enqueue(redis_connection, settings, "slack:A", priority)
+              for priority in ("high", "high", "normal", "normal", "high")]
+    queued = render_queue(redis_connection, settings).job_ids
+    assert queued == [b_normal[0], a_jobs[0], b_normal[1], a_jobs[1], b_normal[2], a_jobs[4],
+                      a_jobs[2], a_jobs[3]]
+
+
+def test_three_teachers_mixing_priorities_each_get_an_even_share_of_every_stretch_of_turns(
+        settings, redis_connection):
+    plan = [("slack:A", "normal"), ("slack:B", "normal"), ("slack:C", "high"),
+            ("slack:A", "high"), ("slack:B", "high"), ("slack:A", "normal"),
+            ("slack:C", "normal"), ("slack:B", "high"), ("slack:C", "normal"),
+            ("slack:A", "high"), ("slack:B", "normal"), ("slack:C", "high"),
+            ("slack:A", "normal"), ("slack:B", "high"), ("slack:C", "normal"),
+            ("slack:A", "high")]
+    priority_of = {_enqueue(redis_connection, settings, owner, priority): priority
+                   for owner, priority in plan}
+    queue = render_queue(redis_connection, settings)
+    order = queue.job_ids
+    owners = _owners_in_worker_order(redis_connection, settings)
+    each = min(owners.count(owner) for owner in ("slack:A", "slack:B", "slack:C"))
+    for taken in range(1, 3 * each + 1):
+        shares = [owners[:taken].count(owner) for owner in ("slack:A", "slack:B", "slack:C")]
+        assert max(shares) - min(shares) <= 1, (taken, owners)
+    # Within each teacher's jobs, high ones come first, after the head of the line.
+    for owner in ("slack:A", "slack:B", "slack:C"):
+        theirs = [priority_of[job_id] for job_id, who in zip(order, owners, strict=True)
+                  if who == owner and job_id != order[0]]
+        assert theirs == sorted(theirs, key=["high", "normal"].index), (owner, theirs)
 
 
 def test_low_jobs_take_fair_turns_among_themselves(settings, redis_connection):
