@@ -36,6 +36,7 @@ from engine.presets import plan_for
 from engine.request import detect_language
 from engine.settings import load_settings
 from engine.share import share_secret, share_url
+from engine.storyboard import format_seconds
 from worker.render import prepare_output_dir
 from worker.runner import run_worker
 from worker.text import font_file
@@ -114,6 +115,10 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     if options.out:
         outputs = move_outputs(outputs, options.out)
     print_outputs(console, outputs)
+    if final.seconds is not None and round(final.seconds) != storyboard.total_seconds:
+        console.print(f"Timed to the narration: {format_seconds(round(final.seconds))} "
+                      f"(the storyboard above said {format_seconds(storyboard.total_seconds)}).",
+                      markup=False)
     for note in final.notes:
         console.print(f"Note: {note}", markup=False)
     if secret is not None:

@@ -21,6 +21,8 @@ OUTPUT_LABELS = {
     "poster": "Poster",
     "contact_sheet": "Contact sheet",
     "storyboard": "Storyboard",
+    "qc": "Quality report",
+    "bundle": "Export bundle (ZIP)",
 }
 
 
