@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(handler=_batch)
 
-    models = commands.add_parser("models", help="video model presets: list, pull")
+    models = commands.add_parser("models", help="model presets (video, voice, moderation "
+                                 "classifier): list, pull")
     models.add_argument("action", choices=["list", "pull"])
     models.add_argument("preset", nargs="?", help="the preset to pull")
     models.set_defaults(handler=_models)
@@ -296,29 +297,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from engine.settings import load_settings
-    from worker.models_cli import installed_presets, pull
+    from worker.models_cli import run
 
-    settings = load_settings()
-    if args.action == "pull":
-        if not args.preset:
-            raise UserError("Name the preset to pull, e.g. 'lessonreel models pull "
-                            "wan2.1-t2v-1.3b'; 'lessonreel models list' shows them.")
-        print(f"Downloaded to {pull(settings, args.preset)}")
-        return 0
-    table = Table(title=f"Video model presets (weights in {settings.models_path})")
-    table.add_column("preset", no_wrap=True)
-    for column in ("model", "pipelines", "installed"):
-        table.add_column(column, overflow="fold")
-    for preset, folder, present in installed_presets(settings):
-        pipelines = " + ".join(filter(None, (preset.text_to_video, preset.image_to_video)))
-        table.add_row(preset.name, preset.title, pipelines,
-                      f"yes ({folder})" if present else "no")
-    Console().print(table)
-    return 0
+    return run(args, load_settings())
 
 
 def _bench(args: argparse.Namespace) -> int:

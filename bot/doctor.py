@@ -15,7 +15,10 @@ Which role needs what:
     fonts                      -      need     -
     GPU                        -      need*    -       * warn when the worker renders on the CPU
     video model preset         -      need**   -       ** warn when it falls back to animatics
+    voice (narration)          -      warn     -       (videos are silent without espeak-ng)
     language model (GGUF)      warn   -        -       (fail when configured but unusable)
+    moderation classifier      need   -        -       (when moderation.classifier is set;
+                                                        a warning when it fails open)
     chat tokens                warn   -        -
     share secret, public URL   warn   -        need
     public URL answers         -      -        warn
@@ -37,17 +40,21 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 import redis
 
+from engine.classifier import load_classifier_presets
 from engine.connection import EMBEDDED_DB_NAME, connect
 from engine.errors import SettingsError
+from engine.narration import VoicePreset, load_voice_presets, voice_folder, voice_installed
 from engine.presets import load_presets, plan_for
 from engine.settings import ENV_PREFIX, Settings, load_settings
 from engine.share import DEFAULT_PUBLIC_URL, MIN_SECRET_CHARS, SECRET_ENV, SECRET_FILE
+from engine.storyboard import LANGUAGES
 from worker.gpu import GpuReading, preflight_problem, read_gpu
+from worker.tts import EspeakBackend  # numpy only: torch loads when a neural voice speaks
 
 ROLES = ("bot", "worker", "web", "all")
 Status = Literal["ok", "warn", "fail"]
@@ -122,6 +129,7 @@ class Probes:
     disk_usage: Callable[[Path], Any] = shutil.disk_usage  # .total, .free in bytes
     ffmpeg_exe: Callable[[], str] = _ffmpeg_exe
     http_get: Callable[[str], tuple[int, str]] = _http_get  # (status, body); raises on no answer
+    find_program: Callable[[str], str | None] = shutil.which  # a program's path on the PATH
 
 
 # --- the checks, in the order they are printed ---------------------------------------------
@@ -413,6 +421,92 @@ def check_models(settings: Settings) -> Check:
     return Check(name, "ok", found)
 
 
+class _VoicePlan(NamedTuple):
+    speaker: str  # what will speak: "mms-tts-eng (neural, ...)", "espeak-ng en-us"; "": silence
+    problem: str = ""  # the voice that was asked for and will not speak, and why
+    fix: str = ""
+    hint: str = ""  # a better voice the operator could install
+
+
+def _plan_voice(settings: Settings, language: str, presets: Mapping[str, VoicePreset],
+                espeak: EspeakBackend, espeak_found: bool) -> _VoicePlan:
+    """Who speaks `language`, decided as worker/tts.choose_voice decides it but from the files
+    alone: choose_voice loads a neural voice (torch) and speaks a word with espeak-ng to be
+    sure; a doctor only looks."""
+    options = settings.narration
+    asked = getattr(options, f"voice_{language}")
+    problem = fix = hint = ""
+    if asked in presets or (not asked and options.backend in ("auto", "neural")):
+        explicit = bool(asked) or options.backend == "neural"
+        preset = presets.get(asked) or next(
+            (p for p in presets.values() if p.language == language), None)
+        if preset is None:
+            if explicit:
+                problem = f"{language} has no neural voice in config/voices.toml"
+                fix = ("Set narration.backend = auto: espeak-ng then speaks the languages "
+                       "that have no neural voice, without a note on every video.")
+        elif preset.language != language:
+            problem = (f"narration.voice_{language} names {preset.name}, which speaks "
+                       f"{preset.language}")
+            fix = f"Set narration.voice_{language} to a voice for {language}, or leave it empty."
+        elif voice_installed(folder := voice_folder(settings, preset)):
+            missing = [package for package in ("torch", "transformers")
+                       if importlib.util.find_spec(package) is None]
+            if not missing:
+                return _VoicePlan(f"{preset.name} (neural, from {folder})")
+            problem = (f"the voice {preset.name} is installed, but {' and '.join(missing)} "
+                       "is not")
+            fix = WORKER_EXTRAS_FIX
+        elif explicit:
+            problem = f"the voice {preset.name} is not installed in {folder}"
+            fix = (f"Run 'lessonreel models pull {preset.name}' on a machine with internet "
+                   "access (then copy the folder here).")
+        else:
+            hint = (f"'lessonreel models pull {preset.name}' would give {language} a "
+                    "natural-sounding voice")
+    elif asked and espeak_found:  # an espeak-ng voice by name: whether it exists is not tried
+        return _VoicePlan(f"espeak-ng {asked}")
+    if espeak_found:
+        return _VoicePlan(f"espeak-ng {espeak.voice_for(language)}", problem, fix, hint)
+    return _VoicePlan("", problem, fix, hint)
+
+
+def check_voice(settings: Settings, *,
+                find_program: Callable[[str], str | None] = shutil.which) -> Check:
+    """Which voice speaks the narration in each language. A video without a voice is still a
+    video (silence is a result, not an error), so this warns at most."""
+    name = "Voice"
+    options = settings.narration
+    if not options.enabled or options.backend == "none":
+        setting = ("narration.enabled = false" if not options.enabled
+                   else "narration.backend = none")
+        return Check(name, "ok", f"{setting}: videos have no narration")
+    espeak = EspeakBackend()
+    espeak_path = find_program(espeak.executable)
+    presets = load_voice_presets()
+    plans = {language: _plan_voice(settings, language, presets, espeak, espeak_path is not None)
+             for language in LANGUAGES}
+    found = "; ".join(f"{language}: {plan.speaker or 'silent'}" for language, plan in plans.items())
+    problems = [plan for plan in plans.values() if plan.problem]
+    said = "".join(f"; {plan.problem}" for plan in problems)
+    if espeak_path is None:
+        silent = [language for language, plan in plans.items() if not plan.speaker]
+        if len(silent) == len(plans):
+            why = "espeak-ng is not installed: videos will be silent"
+        elif silent:
+            why = f"espeak-ng is not installed: videos in {' and '.join(silent)} will be silent"
+        else:  # espeak-ng is also the neural voices' fallback, phrase by phrase
+            why = ("espeak-ng is not installed: phrases a neural voice cannot say (letters "
+                   "outside its alphabet) will be silent")
+        return Check(name, "warn", f"{why} ({found}{said})",
+                     "Install espeak-ng: apt install espeak-ng (the worker image has it).")
+    if problems:
+        fixes = dict.fromkeys(plan.fix for plan in problems)  # each once, in order
+        return Check(name, "warn", f"{found}{said}; espeak-ng speaks instead", " ".join(fixes))
+    hints = "".join(f"; {plan.hint}" for plan in plans.values() if plan.hint)
+    return Check(name, "ok", f"{found} (espeak-ng at {espeak_path}){hints}")
+
+
 def check_llm(settings: Settings) -> Check:
     """The GGUF chat model the conversation drafts with; optional, but when set it must load."""
     name = "Language model"
@@ -440,6 +534,58 @@ def check_llm(settings: Settings) -> Check:
                      "for GPU offload).")
     size = path.stat().st_size
     return Check(name, "ok", f"{path} (GGUF, {size / GB:.1f} GB)")
+
+
+def check_classifier(settings: Settings, *,
+                     find_spec: Callable[[str], object] = importlib.util.find_spec) -> Check:
+    """The safety classifier moderation.classifier names: its GGUF file and llama.cpp. Without
+    them every message meets moderation.classifier_fails, and "closed" (the default) refuses
+    every one of them: the bot runs but can do nothing."""
+    name = "Moderation classifier"
+    options = settings.moderation
+    if not options.classifier:
+        return Check(name, "ok", "moderation.classifier is not set: the word lists alone "
+                                 "moderate")
+    presets = load_classifier_presets()
+    if options.classifier not in presets:
+        return Check(name, "fail", f"moderation.classifier names {options.classifier!r}, which "
+                                   "is not a preset of config/classifiers.toml: the bot will "
+                                   "not start",
+                     f"Set moderation.classifier to one of: {', '.join(presets)} (or empty for "
+                     "no classifier).")
+    preset = presets[options.classifier]
+    if options.model_path:  # where engine/classifier.py's load_classifier looks
+        path = Path(options.model_path).expanduser()
+        fix = ("Point moderation.model_path (LESSONREEL_MODERATION__MODEL_PATH) at the "
+               "classifier's GGUF file, or unset it to use the preset's file in the models "
+               "folder.")
+    else:
+        path = settings.models_path / preset.file
+        fix = (f"Run 'lessonreel models pull {preset.name}' on a machine with internet access "
+               f"(then copy {preset.file} to {settings.models_path}), or point "
+               "moderation.model_path at the file.")
+    closed = options.classifier_fails == "closed"
+    outcome = ("moderation fails closed, so every message would be refused" if closed else
+               "moderation.classifier_fails = open, so messages pass with the word lists' "
+               "check alone")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except FileNotFoundError:
+        return _problem(name, f"the model file of {preset.name}, {path}, is missing: {outcome}",
+                        fix, required=closed)
+    except OSError as exc:
+        return _problem(name, f"the model file of {preset.name}, {path}, cannot be read "
+                              f"({exc.strerror}): {outcome}", fix, required=closed)
+    if magic != GGUF_MAGIC:
+        return _problem(name, f"{path} is not a GGUF file: {outcome}", fix, required=closed)
+    if find_spec("llama_cpp") is None:
+        return _problem(name, f"{path} is there, but llama-cpp-python is not installed to run "
+                              f"it: {outcome}",
+                        "Install it: pip install -e '.[llm]'.", required=closed)
+    size = path.stat().st_size
+    return Check(name, "ok", f"{preset.name} from {path} (GGUF, {size / GB:.1f} GB); when it "
+                             f"cannot answer, moderation fails {options.classifier_fails}")
 
 
 def check_chat_tokens(environ: Mapping[str, str]) -> Check:
@@ -576,8 +722,10 @@ def run_checks(role: str, environ: Mapping[str, str] | None = None,
         checks.append(check_gpu(settings, read_gpu=probes.read_gpu,
                                 read_driver=probes.read_driver))
         checks.append(check_models(settings))
+        checks.append(check_voice(settings, find_program=probes.find_program))
     if _needs(role, "bot"):
         checks.append(check_llm(settings))
+        checks.append(check_classifier(settings))
         checks.append(check_chat_tokens(environ))
     if _needs(role, "bot", "web"):
         web = _needs(role, "web")

@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -29,6 +30,7 @@ from bot.doctor import (
     Probes,
     add_arguments,
     check_chat_tokens,
+    check_classifier,
     check_disk,
     check_ffmpeg,
     check_fonts,
@@ -39,16 +41,20 @@ from bot.doctor import (
     check_redis,
     check_redis_eviction,
     check_redis_persistence,
+    check_voice,
     run,
 )
 from bot.web import web_app
+from engine.classifier import load_classifier_presets
+from engine.narration import VOICE_FILES, load_voice_presets, voice_folder
 from engine.presets import load_presets
-from engine.settings import load_settings
+from engine.settings import Settings, load_settings
 from tests.conftest import free_port
 from tests.local_server import LocalServer
 from tests.tiny_gguf import build_tiny_gguf
 from worker.gpu import GpuReading
 from worker.text import BUNDLED_FONT
+from worker.tts import EspeakBackend, choose_voice
 
 RTX_4090 = GpuReading(index=0, name="NVIDIA GeForce RTX 4090", total_mb=24564, free_mb=23000,
                       temperature_c=45)
@@ -68,16 +74,27 @@ def disk(free_gb: float, total_gb: float = 500):
                                  int(free_gb * GB))
 
 
-def probes(*, gpu: GpuReading | None = None, free_gb: float = 200) -> Probes:
+ESPEAK_HERE = "/usr/bin/espeak-ng"  # where a fake PATH says espeak-ng is
+
+
+def espeak_at(path: str | None):
+    """A PATH lookup that finds espeak-ng at `path` (None: nowhere) and no other program."""
+    return lambda program: path if program == "espeak-ng" else None
+
+
+def probes(*, gpu: GpuReading | None = None, free_gb: float = 200,
+           espeak: str | None = ESPEAK_HERE) -> Probes:
     return Probes(read_gpu=lambda _index: gpu, read_driver=lambda: "550.54.14",
-                  disk_usage=disk(free_gb))
+                  disk_usage=disk(free_gb), find_program=espeak_at(espeak))
 
 
-def doctor(*argv: str, gpu: GpuReading | None = None, free_gb: float = 200) -> tuple[int, str]:
+def doctor(*argv: str, gpu: GpuReading | None = None, free_gb: float = 200,
+           espeak: str | None = ESPEAK_HERE) -> tuple[int, str]:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = io.StringIO()
-    code = run(parser.parse_args(list(argv)), probes=probes(gpu=gpu, free_gb=free_gb), out=out)
+    code = run(parser.parse_args(list(argv)),
+               probes=probes(gpu=gpu, free_gb=free_gb, espeak=espeak), out=out)
     return code, out.getvalue()
 
 
@@ -155,7 +172,7 @@ def test_worker_with_a_gpu_is_ready_and_names_it(server_redis):
     assert gpu.startswith("ok")
     assert "NVIDIA GeForce RTX 4090" in gpu and "23000 MB free" in gpu
     assert "driver 550.54.14" in gpu
-    for name in ("ffmpeg", "Fonts", "Video model", "Disk space", "Redis"):
+    for name in ("ffmpeg", "Fonts", "Video model", "Voice", "Disk space", "Redis"):
         line(output, name)  # every worker check is shown
     assert output.splitlines()[-1].startswith("Ready for role worker")
 
@@ -178,7 +195,9 @@ def test_bot_without_tokens_passes_with_a_warning(server_redis):
     assert tokens.startswith("WARN")
     assert "no chat platform is configured" in tokens and "Fix: Set SLACK_BOT_TOKEN" in tokens
     assert line(output, "Language model").startswith("WARN")
-    assert "GPU:" not in output and "Video model:" not in output  # a bot host needs neither
+    assert line(output, "Moderation classifier").startswith("ok")  # off by default
+    for name in ("GPU", "Video model", "Voice"):  # a bot host renders nothing
+        assert f"{name}:" not in output
     assert output.splitlines()[-1].startswith("Ready for role bot, with")
 
 
@@ -305,20 +324,28 @@ def test_the_doctor_never_imports_torch_diffusers_or_llama_cpp(server_redis, set
                                                                tmp_path):
     """A bot image has no torch: the doctor must look at packages without importing them."""
     _install_preset(settings)
+    _install_voice(settings)
     gguf = build_tiny_gguf(tmp_path / "tiny.gguf")
-    script = ("import sys\n"
+    script = ("import json, sys\n"
               "from bot.doctor import run_checks\n"
               "checks = run_checks('all')\n"
-              "print(sorted(c.name for c in checks if c.status == 'ok'))\n"
-              "print(sorted(m for m in ('torch', 'diffusers', 'llama_cpp') if m in sys.modules))")
-    env = {**os.environ, "LESSONREEL_LLM__MODEL_PATH": str(gguf)}
+              "print(json.dumps({c.name: c.status for c in checks}))\n"
+              "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'llama_cpp')\n"
+              "             if m in sys.modules))")
+    env = {**os.environ, "LESSONREEL_LLM__MODEL_PATH": str(gguf),
+           "LESSONREEL_NARRATION__ENABLED": "true",
+           "LESSONREEL_MODERATION__CLASSIFIER": "llama-guard-3-1b",
+           "LESSONREEL_MODERATION__MODEL_PATH": str(gguf)}
 
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
 
     assert result.returncode == 0, result.stderr
-    ok, imported = result.stdout.splitlines()[-2:]
-    assert "'Video model'" in ok and "'Language model'" in ok  # both were looked at
+    statuses, imported = result.stdout.splitlines()[-2:]
+    statuses = json.loads(statuses)
+    for name in ("Video model", "Language model", "Moderation classifier"):  # all looked at
+        assert statuses[name] == "ok", statuses
+    assert "Voice" in statuses  # ok or warn, as this machine has espeak-ng or not
     assert imported == "[]"
 
 
@@ -623,3 +650,204 @@ def test_chat_tokens_are_reported_as_set_or_not(environ, status, said):
     assert (check.fix != "") == (status == "warn")
     for value in environ.values():
         assert value not in check.detail + check.fix
+
+
+# --- narration's voice (worker) ------------------------------------------------------------
+
+
+def _narrating(monkeypatch, **narration: str) -> Settings:
+    """The test's settings with narration on (tests turn it off by default) and `narration`."""
+    monkeypatch.setenv("LESSONREEL_NARRATION__ENABLED", "true")
+    for key, value in narration.items():
+        monkeypatch.setenv(f"LESSONREEL_NARRATION__{key.upper()}", value)
+    return load_settings()
+
+
+def _install_voice(settings: Settings, name: str = "mms-tts-eng") -> Path:
+    """A voice preset's files, as far as a doctor looks (it never loads them)."""
+    folder = voice_folder(settings, load_voice_presets()[name])
+    folder.mkdir(parents=True)
+    for file in VOICE_FILES:
+        (folder / file).write_text("{}")
+    return folder
+
+
+def test_espeak_ng_speaks_each_language_until_a_voice_preset_is_installed(monkeypatch):
+    settings = _narrating(monkeypatch)
+
+    before = check_voice(settings, find_program=espeak_at(ESPEAK_HERE))
+    folder = _install_voice(settings)
+    after = check_voice(settings, find_program=espeak_at(ESPEAK_HERE))
+
+    assert before.status == "ok"
+    assert "en: espeak-ng en-us; zh: espeak-ng cmn-latn-pinyin" in before.detail
+    assert f"espeak-ng at {ESPEAK_HERE}" in before.detail
+    assert "'lessonreel models pull mms-tts-eng' would give en" in before.detail
+    assert after.status == "ok"
+    assert f"en: mms-tts-eng (neural, from {folder}); zh: espeak-ng cmn-latn-pinyin" in after.detail
+    assert "models pull" not in after.detail
+
+
+def test_without_espeak_ng_the_voice_warns_that_videos_will_be_silent(monkeypatch):
+    settings = _narrating(monkeypatch)
+
+    nothing = check_voice(settings, find_program=espeak_at(None))
+    _install_voice(settings)
+    english_only = check_voice(settings, find_program=espeak_at(None))
+
+    assert nothing.status == "warn"
+    assert "espeak-ng is not installed: videos will be silent" in nothing.detail
+    assert "en: silent; zh: silent" in nothing.detail
+    assert nothing.fix.startswith("Install espeak-ng: apt install espeak-ng")
+    assert english_only.status == "warn"
+    assert "videos in zh will be silent" in english_only.detail
+    assert "en: mms-tts-eng" in english_only.detail and "zh: silent" in english_only.detail
+
+
+def test_a_worker_without_espeak_ng_is_still_ready(server_redis, monkeypatch):
+    """Silent videos are still videos: the voice never fails the worker role."""
+    monkeypatch.setenv("LESSONREEL_NARRATION__ENABLED", "true")
+
+    code, output = doctor("--role", "worker", gpu=RTX_4090, espeak=None)
+
+    assert code == 0, output
+    voice = line(output, "Voice")
+    assert voice.startswith("WARN") and "videos will be silent" in voice
+    assert "Fix: Install espeak-ng: apt install espeak-ng" in voice
+
+
+@pytest.mark.parametrize(("narration", "status", "said", "fix"), [
+    ({"enabled": "false"}, "ok", "narration.enabled = false: videos have no narration", ""),
+    ({"backend": "none"}, "ok", "narration.backend = none: videos have no narration", ""),
+    ({"backend": "espeak"}, "ok", "en: espeak-ng en-us; zh: espeak-ng cmn-latn-pinyin", ""),
+    ({"voice_en": "en-gb", "voice_zh": "cmn"}, "ok", "en: espeak-ng en-gb; zh: espeak-ng cmn",
+     ""),
+    # Asked for by name or by backend, and missing: the teacher gets a note on every video.
+    ({"voice_en": "mms-tts-eng"}, "warn", "the voice mms-tts-eng is not installed in",
+     "lessonreel models pull mms-tts-eng"),
+    ({"backend": "neural"}, "warn", "zh has no neural voice",
+     "lessonreel models pull mms-tts-eng' on a machine with internet access (then copy the "
+     "folder here). Set narration.backend = auto"),
+    ({"voice_zh": "mms-tts-eng"}, "warn", "narration.voice_zh names mms-tts-eng, which speaks en",
+     "narration.voice_zh"),
+])
+def test_the_voice_follows_the_narration_settings(monkeypatch, narration, status, said, fix):
+    check = check_voice(_narrating(monkeypatch, **narration), find_program=espeak_at(ESPEAK_HERE))
+
+    assert check.status == status and said in check.detail
+    assert fix in check.fix
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+@pytest.mark.parametrize("narration", [
+    {}, {"backend": "espeak"}, {"backend": "neural"}, {"voice_en": "en-gb", "voice_zh": "cmn"},
+    {"voice_en": "mms-tts-eng"},
+])
+def test_the_doctor_names_the_voice_the_worker_chooses(monkeypatch, narration):
+    """With no voice preset installed, choose_voice loads nothing either: the real thing,
+    real espeak-ng, against what the doctor predicts from the files."""
+    settings = _narrating(monkeypatch, **narration)
+    check = check_voice(settings)
+
+    for language in ("en", "zh"):
+        voice, _notes = choose_voice(settings, language)
+        assert isinstance(voice, EspeakBackend)
+        assert f"{language}: espeak-ng {voice.voice_for(language)}" in check.detail
+
+
+# --- the moderation classifier (bot) -------------------------------------------------------
+
+
+def _classifying(monkeypatch, **moderation: str) -> Settings:
+    """The test's settings with moderation.classifier set to the Llama Guard preset."""
+    monkeypatch.setenv("LESSONREEL_MODERATION__CLASSIFIER", "llama-guard-3-1b")
+    for key, value in moderation.items():
+        monkeypatch.setenv(f"LESSONREEL_MODERATION__{key.upper()}", value)
+    return load_settings()
+
+
+def test_no_classifier_is_fine(settings):
+    check = check_classifier(settings)
+
+    assert check.status == "ok" and "the word lists alone moderate" in check.detail
+
+
+def test_a_missing_classifier_file_fails_because_every_message_would_be_refused(monkeypatch):
+    settings = _classifying(monkeypatch)
+    expected = settings.models_path / load_classifier_presets()["llama-guard-3-1b"].file
+
+    check = check_classifier(settings)
+
+    assert check.status == "fail"
+    assert f"{expected}, is missing" in check.detail
+    assert "every message would be refused" in check.detail
+    assert "lessonreel models pull llama-guard-3-1b" in check.fix
+
+
+def test_a_classifier_that_fails_open_only_warns_when_its_file_is_missing(monkeypatch):
+    check = check_classifier(_classifying(monkeypatch, classifier_fails="open"))
+
+    assert check.status == "warn" and "is missing" in check.detail
+    assert "pass with the word lists' check alone" in check.detail
+
+
+def test_the_classifier_file_in_the_models_folder_or_at_model_path_passes(monkeypatch,
+                                                                          tmp_path):
+    settings = _classifying(monkeypatch)
+    in_models = settings.models_path / load_classifier_presets()["llama-guard-3-1b"].file
+    in_models.parent.mkdir(parents=True)
+    build_tiny_gguf(in_models)
+    elsewhere = build_tiny_gguf(tmp_path / "guard.gguf")
+
+    preset_file = check_classifier(settings)
+    model_path = check_classifier(_classifying(monkeypatch, model_path=str(elsewhere)))
+
+    assert preset_file.status == "ok" and f"llama-guard-3-1b from {in_models}" in preset_file.detail
+    assert model_path.status == "ok" and str(elsewhere) in model_path.detail
+    assert "fails closed" in model_path.detail
+
+
+def test_a_classifier_file_that_is_not_gguf_fails(monkeypatch, tmp_path):
+    not_gguf = tmp_path / "guard.bin"
+    not_gguf.write_bytes(b"PK\x03\x04 a zip, not a model")
+
+    check = check_classifier(_classifying(monkeypatch, model_path=str(not_gguf)))
+
+    assert check.status == "fail" and "is not a GGUF file" in check.detail
+    assert "moderation.model_path" in check.fix
+
+
+def test_a_classifier_without_llama_cpp_fails(monkeypatch, tmp_path):
+    gguf = build_tiny_gguf(tmp_path / "guard.gguf")
+    settings = _classifying(monkeypatch, model_path=str(gguf))
+    asked = []
+
+    def find_spec(name: str):  # this environment has llama_cpp; a bot host may not
+        asked.append(name)
+
+    check = check_classifier(settings, find_spec=find_spec)
+
+    assert asked == ["llama_cpp"]
+    assert check.status == "fail" and "llama-cpp-python is not installed" in check.detail
+    assert "pip install -e '.[llm]'" in check.fix
+
+
+def test_an_unknown_classifier_preset_fails_and_names_the_presets(monkeypatch):
+    monkeypatch.setenv("LESSONREEL_MODERATION__CLASSIFIER", "llama-guard-9")
+
+    check = check_classifier(load_settings())
+
+    assert check.status == "fail" and "'llama-guard-9'" in check.detail
+    assert "llama-guard-3-1b" in check.fix
+
+
+def test_a_classifier_that_cannot_run_fails_the_bot_role_only(server_redis, monkeypatch):
+    monkeypatch.setenv("LESSONREEL_MODERATION__CLASSIFIER", "llama-guard-3-1b")
+
+    bot_code, bot = doctor("--role", "bot")
+    worker_code, worker = doctor("--role", "worker", gpu=RTX_4090)
+
+    classifier = line(bot, "Moderation classifier")
+    assert bot_code == 1 and classifier.startswith("FAIL")
+    assert "Fix: Run 'lessonreel models pull llama-guard-3-1b'" in classifier
+    assert worker_code == 0 and "Moderation classifier:" not in worker
