@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "hand (then they are cut off, and run again later)")
     worker.set_defaults(handler=_worker)
 
+    from worker.qc import add_arguments as add_qc_arguments
+
+    qc = commands.add_parser("qc", help="check a video: size, frame rate, length, sharpness, "
+                             "black or frozen stretches, captions, loudness")
+    add_qc_arguments(qc)
+    qc.set_defaults(handler=_qc)
+
     from bot.batch import add_arguments as add_batch_arguments
 
     batch = commands.add_parser("batch", help="queue a video for each row of a CSV file")
@@ -218,6 +225,12 @@ def _serve(args: argparse.Namespace) -> int:
                                                mounted)
     run_web(app, args.host, args.port)
     return 0
+
+
+def _qc(args: argparse.Namespace) -> int:
+    from worker.qc import run
+
+    return run(args)
 
 
 def _batch(args: argparse.Namespace) -> int:

@@ -1,8 +1,12 @@
-"""When everything happens in the video, in frames: the title card, each scene, each caption.
+"""When everything happens in the video, in frames: the cards, each scene, each caption.
 
-The same cue list decides which caption is burned into a frame and what the SRT/WebVTT
-files say, so the two can never disagree. Times are whole frames; the files print them
-in milliseconds.
+    [ intro | title card | scene 1 | scene 2 | ... | outro ]
+
+The intro and outro are the school's cards (settings [branding]); the title card is the
+lesson's. Only scenes have captions, so the cards shift every cue, and the SRT/WebVTT
+times with them. The same cue list decides which caption is burned into a frame and what
+the SRT/WebVTT files say, so the two can never disagree. Times are whole frames; the files
+print them in milliseconds.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import bisect
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
+from engine.settings import BrandingSettings
 from engine.storyboard import Storyboard
 
 # Captions longer than this are split at a sentence or clause, then at a word.
@@ -24,13 +30,24 @@ CLAUSE_END = re.compile(r"(?<=[,:])\s+|(?<=[，、：])\s*")
 EDGE_SECONDS = 0.25
 
 
+# What fills a segment: a scene, or a card that belongs to no scene (scene_index None).
+SegmentKind = Literal["intro", "title", "scene", "outro"]
+
+
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of the video: the title card (scene_index None) or one scene."""
+    """A stretch of the video: one scene, or a card (the school's intro or outro, the
+    lesson's title card), which has no scene_index."""
 
     scene_index: int | None
     start_frame: int
     frame_count: int
+    kind: SegmentKind = "scene"
+
+    def __post_init__(self) -> None:
+        if (self.kind == "scene") != (self.scene_index is not None):
+            raise ValueError(f"a {self.kind} segment cannot have scene_index "
+                             f"{self.scene_index!r}: scenes have one, cards do not")
 
     @property
     def end_frame(self) -> int:
@@ -75,19 +92,44 @@ class Timeline:
         return sorted({f for cue in self.cues for f in (cue.start_frame, cue.end_frame)})
 
 
-def build_timeline(storyboard: Storyboard, fps: int) -> Timeline:
+def build_timeline(storyboard: Storyboard, fps: int, *,
+                   branding: BrandingSettings | None = None) -> Timeline:
+    """The storyboard's segments and captions at `fps`; with `branding` whose cards are
+    shown (see cards_shown), the school's intro card first and its outro card last."""
+    intro_frames, outro_frames = card_frames(branding, fps)
     segments: list[Segment] = []
     cues: list[Cue] = []
     cursor = 0
+    if intro_frames:
+        segments.append(Segment(None, cursor, intro_frames, "intro"))
+        cursor = segments[-1].end_frame
     if storyboard.title_card_seconds:
-        segments.append(Segment(None, 0, storyboard.title_card_seconds * fps))
+        segments.append(Segment(None, cursor, storyboard.title_card_seconds * fps, "title"))
         cursor = segments[-1].end_frame
     for index, scene in enumerate(storyboard.scenes):
         segment = Segment(index, cursor, scene.duration * fps)
         segments.append(segment)
         cues.extend(_scene_cues(scene.narration, segment, fps, storyboard.language))
         cursor = segment.end_frame
+    if outro_frames:
+        segments.append(Segment(None, cursor, outro_frames, "outro"))
     return Timeline(fps, tuple(segments), tuple(cues))
+
+
+def cards_shown(branding: BrandingSettings) -> bool:
+    """Whether videos get the school's intro and outro cards: branding.cards "on", or
+    "auto" with a logo set (a logo that then fails to load still leaves the cards, with
+    the school's name and the lesson's title, and a note)."""
+    if branding.cards == "auto":
+        return bool(branding.logo_path.strip())
+    return branding.cards == "on"
+
+
+def card_frames(branding: BrandingSettings | None, fps: int) -> tuple[int, int]:
+    """(intro, outro) lengths in frames; (0, 0) without cards."""
+    if branding is None or not cards_shown(branding):
+        return 0, 0
+    return round(branding.intro_seconds * fps), round(branding.outro_seconds * fps)
 
 
 def split_caption(text: str, language: str) -> list[str]:

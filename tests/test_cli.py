@@ -345,3 +345,17 @@ def test_bench_audio_reports_speech_mixing_and_interpolation_costs(tmp_path):
     assert 0 < speech["espeak-ng cmn-latn-pinyin (zh)"] < 1
     assert audio["audio_seconds_per_output_second"] > 0
     assert "per second of speech" in result.stdout and "per output second" in result.stdout
+
+
+def test_qc_checks_a_rendered_video_and_says_in_a_line_when_a_file_is_not_one(tmp_path):
+    out = tmp_path / "out"
+    made = run_cli("demo", "Explain magnets in 10 seconds", "--out", str(out),
+                   data_dir=tmp_path / "d", env_extra=SILENT)
+    assert made.returncode == 0, made.stderr
+    clean = run_cli("qc", str(out / "video.mp4"), data_dir=tmp_path / "d")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no problems found" in clean.stdout
+    (tmp_path / "notes.mp4").write_text("not a video")
+    broken = run_cli("qc", str(tmp_path / "notes.mp4"), data_dir=tmp_path / "d")
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1

@@ -174,6 +174,7 @@ def test_slugs_are_short_ascii(settings):
 
 def test_a_linked_video_is_refused_and_no_bundle_is_left(rendered, tmp_path):
     _storyboard, folder = rendered
+    (folder / BUNDLE_FILE).unlink(missing_ok=True)  # the render made one; none must come back
     secret = tmp_path / "secret.mp4"
     (folder / "video.mp4").rename(secret)
     (folder / "video.mp4").symlink_to(secret)

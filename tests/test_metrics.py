@@ -134,9 +134,9 @@ def test_real_renders_fill_the_stage_histograms_and_name_no_teacher(web):
     assert scrape.value("lessonreel_queue_length") == 0
     assert scrape.value("lessonreel_jobs_total", outcome="finished") == 2
     counts = {stage: scrape.histogram(stage)[1] for stage in STAGES}
-    assert counts == {"queued": 2, "prepare": 2, "title_card": 2, "model_load": 0, "scene": 5,
-                      "compose": 2, "encode": 2, "stills": 2, "save": 2, "publish": 2,
-                      "total": 2}
+    assert counts == {"queued": 2, "narration": 2, "prepare": 2, "title_card": 2,
+                      "model_load": 0, "scene": 5, "compose": 2, "encode": 2, "audio": 2,
+                      "stills": 2, "check": 2, "save": 2, "publish": 2, "total": 2}
     for stage in STAGES:
         buckets, count, total = scrape.histogram(stage)
         assert [le for le, _ in buckets] == [f"{bound:g}" for bound in BUCKETS] + ["+Inf"]

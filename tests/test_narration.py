@@ -21,6 +21,12 @@ from engine.timeline import MAX_CUE_CHARS, build_timeline, to_srt
 from tests.conftest import make_storyboard
 from worker.narration_audio import SAMPLE_RATE, speak_storyboard, speech_envelope
 
+
+@pytest.fixture(autouse=True)
+def voice_on(monkeypatch):
+    """conftest keeps renders silent; these tests are about the voice."""
+    monkeypatch.setenv("LESSONREEL_NARRATION__ENABLED", "true")
+
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt install espeak-ng)")
 

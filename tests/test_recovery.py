@@ -145,7 +145,8 @@ def test_admins_see_each_worker_its_gpu_and_what_it_renders(runtime):
 def _worker_process(tmp_path: Path, url: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
     env.update(LESSONREEL_DATA_DIR=str(tmp_path / "data"), LESSONREEL_REDIS_URL=url,
-               LESSONREEL_QUEUE__HEARTBEAT_SECONDS="0.5", LESSONREEL_DIFFUSION__RENDERER="animatic")
+               LESSONREEL_QUEUE__HEARTBEAT_SECONDS="0.5", LESSONREEL_DIFFUSION__RENDERER="animatic",
+               LESSONREEL_NARRATION__ENABLED="false")  # the storyboard's own timing
     command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
     return subprocess.Popen([*command, "worker"], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / f"worker-{time.monotonic_ns()}.log", "w"))

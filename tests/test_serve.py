@@ -96,7 +96,8 @@ def served(monkeypatch, redis_server_url) -> Iterator[Served]:
 
 
 def link_in(text: str, served: Served) -> str:
-    [link] = [word for word in text.split() if word.startswith(served.server.url + "/v/")]
+    [link] = [word for word in text.split() if word.startswith(served.server.url + "/v/")
+              and "/bundle.zip" not in word]  # the share link, not the editors' bundle
     return link
 
 

@@ -223,8 +223,11 @@ def test_draft_edit_by_text_edit_by_form_render_and_open_the_link(slack_bot):
     assert upload["thread_ts"] == thread and upload["channel_id"] == "C1"
     assert upload["filename"].endswith("preview.mp4") and upload["bytes"][4:8] == b"ftyp"
     assert upload["initial_comment"].startswith("Your video is ready")
-    [link] = re.findall(r"https?://\S+", upload["initial_comment"])
+    [link, bundle] = re.findall(r"https?://\S+", upload["initial_comment"])
     assert link.startswith(bot.server.url + "/v/")
+    assert bundle == link + "/bundle.zip?download=1"  # the editors' bundle, offered too
+    status_code, zipped = fetch(bundle)
+    assert status_code == 200 and zipped[:2] == b"PK"
     status_code, page = fetch(link)
     assert status_code == 200 and b"<video" in page
     status_code, video = fetch(link + "/video.mp4")

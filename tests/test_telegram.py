@@ -272,7 +272,10 @@ def test_draft_edit_by_text_and_button_render_and_open_the_link(fake, make_runti
         preview = runtime.settings.media_path / job / "preview.mp4"
         assert video.data == preview.read_bytes() and video.chat_id == TEACHER
         assert "Your video is ready" in video.caption
-        [link] = [word for word in video.caption.split() if word.startswith(share.url)]
+        [link, bundle] = [word for word in video.caption.split() if word.startswith(share.url)]
+        assert bundle == link + "/bundle.zip?download=1"  # the editors' bundle, offered too
+        zipped = httpx.get(bundle, timeout=10)
+        assert zipped.status_code == 200 and zipped.content[:2] == b"PK"
         page = httpx.get(link, timeout=10)
         assert page.status_code == 200 and "<video" in page.text
         mp4 = httpx.get(link + "/video.mp4", timeout=10)

@@ -25,6 +25,12 @@ from worker.tts import (
     measure_tts,
 )
 
+
+@pytest.fixture(autouse=True)
+def voice_on(monkeypatch):
+    """conftest keeps renders silent; these tests are about the voice."""
+    monkeypatch.setenv("LESSONREEL_NARRATION__ENABLED", "true")
+
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt install espeak-ng)")
 

@@ -1,7 +1,9 @@
 """Composition: a renderer's frames, with captions burned in, into the encoder, in order.
 
 Captions come from the timeline's cues, the same ones the SRT and WebVTT files are written
-from, so what is burned in and what the subtitle files say can never drift apart.
+from, so what is burned in and what the subtitle files say can never drift apart. The
+renderer draws the title card and the scenes; the school's intro and outro cards, when the
+timeline has them, come from worker/branding.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from engine.jobs import JobCancelled
 from engine.timeline import Segment, Timeline
+from worker.branding import BrandCards
 from worker.encode import VideoEncoder
 from worker.frames import FrameRun, SceneRenderer
 from worker.text import Overlay, load_font, text_panel, wrap
@@ -58,29 +61,32 @@ class CaptionPainter:
 
 def compose(
     timeline: Timeline, renderer: SceneRenderer, encoder: VideoEncoder, *,
-    font: Path, progress: Progress | None = None,
+    font: Path, cards: BrandCards | None = None, progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Stills:
     """Render, caption and encode every segment of the timeline; return stills for the sheets.
 
+    `cards` draws the intro and outro segments (a timeline built with branding has them).
     `should_stop` is asked before each segment: a cancel stops an animatic or a render from
     cached clips too, not only a model's denoising steps."""
     painter = CaptionPainter(font, (renderer.width, renderer.height))
     stills = Stills()
+    if cards is None and any(s.kind in ("intro", "outro") for s in timeline.segments):
+        raise ValueError("the timeline has the school's intro or outro card: pass `cards`")
     for segment in timeline.segments:
         if should_stop and should_stop():
             raise JobCancelled
         middle = segment.start_frame + segment.frame_count // 2
         position = segment.start_frame
-        for run in _segment_runs(renderer, segment):
+        for run in _segment_runs(renderer, cards, segment):
             for start, count in _cut(position, run.count, timeline.cue_boundaries):
                 cue = timeline.cue_at(start)
                 frame = painter.overlay(cue.text).blend_onto(run.frame) if cue else run.frame
                 encoder.write(frame, count)
                 if start <= middle < start + count:
-                    if segment.scene_index is None:
+                    if segment.kind == "title":
                         stills.poster = frame
-                    else:
+                    elif segment.kind == "scene":
                         stills.scenes.append(frame)
             position += run.count
             if progress:
@@ -90,10 +96,13 @@ def compose(
     return stills
 
 
-def _segment_runs(renderer: SceneRenderer, segment: Segment) -> Iterator[FrameRun]:
-    if segment.scene_index is None:
+def _segment_runs(renderer: SceneRenderer, cards: BrandCards | None,
+                  segment: Segment) -> Iterator[FrameRun]:
+    if segment.kind == "scene":
+        return renderer.scene(segment.scene_index, segment.frame_count)
+    if segment.kind == "title":
         return renderer.title_card(segment.frame_count)
-    return renderer.scene(segment.scene_index, segment.frame_count)
+    return cards.card(segment.kind, segment.frame_count)
 
 
 def _cut(start: int, count: int, boundaries: list[int]) -> Iterator[tuple[int, int]]:

@@ -5,20 +5,31 @@ size, so a model video and an animatic look like one family. A clip lasts as lon
 model could make it; it is spread over its scene's duration (slowed, never cut). A scene
 the model cannot render (an image scene with no image-to-video pipeline) is an animatic
 scene.
+
+A model makes clips at its own rate (16 fps for Wan2.1). Spread over a 24 fps video, some
+of its frames show twice; with `interpolate_fps` above the model's rate the clip is first
+redrawn at that rate with motion-compensated frames in between (worker/interpolate.py), so
+the motion is smooth. Set it to the video's fps for the evenest result.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from engine.presets import DiffusionPlan
 from engine.storyboard import Scene, Storyboard
 from worker.animatic import AnimaticRenderer
 from worker.clips import ClipCache, clip_key
 from worker.frames import FrameRun
+from worker.interpolate import InterpolationError, Method, interpolate, method_for
 from worker.pipelines import Clip, compute_dtype, device_for, generate, load_pipeline
+
+log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, int], None]  # scene index, step, steps
 
@@ -28,6 +39,7 @@ class DiffusionRenderer:
         self, storyboard: Storyboard, plan: DiffusionPlan, *, fps: int, font: Path,
         uploads: Path, device: str = "auto", cache: ClipCache | None = None,
         on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+        interpolate_fps: int = 0, interpolation: Method = "ffmpeg",
     ) -> None:
         self.storyboard = storyboard
         self.plan = plan
@@ -41,6 +53,12 @@ class DiffusionRenderer:
                                          size=(plan.width, plan.height))
         self.generated: list[int] = []  # scene indices rendered by the model in this job
         self.degraded: dict[int, tuple[str, ...]] = {}  # scene index -> what was given up
+        self.notes: list[str] = []  # what the teacher should know, besides `degraded`
+        # 0, or a rate no higher than the model's: clips keep the model's own frames.
+        self.interpolate_fps = interpolate_fps if interpolate_fps > plan.fps else 0
+        self.interpolation, note = method_for(interpolation)
+        if note and self.interpolate_fps:
+            self.notes.append(note)
 
     def title_card(self, frame_count: int) -> Iterator[FrameRun]:
         return self.animatic.title_card(frame_count)
@@ -55,7 +73,21 @@ class DiffusionRenderer:
         if clip.degraded:
             self.degraded[index] = clip.degraded
         overlays = self.animatic.scene_overlays(scene, index, on_image=True)
-        yield from _spread(clip, frame_count, overlays)
+        yield from _spread(self._motion(clip, index), frame_count, overlays)
+
+    def _motion(self, clip: Clip, index: int) -> Sequence[np.ndarray]:
+        """The clip's frames, at interpolate_fps when that is on. Smoothing is a finish, not
+        the picture: if ffmpeg fails, the model's own frames serve, with a note."""
+        if not self.interpolate_fps:
+            return clip.frames
+        try:
+            return interpolate(clip.frames, self.plan.fps, self.interpolate_fps,
+                               self.interpolation)
+        except InterpolationError as exc:
+            log.warning("scene %d: %s", index + 1, exc)
+            self.notes.append(f"Scene {index + 1}'s motion was not smoothed (frame "
+                              "interpolation failed); it plays at the model's frame rate.")
+            return clip.frames
 
     def _clip(self, scene: Scene, index: int, class_name: str) -> Clip:
         image = self.animatic.open_upload(scene, index) if scene.image else None
@@ -81,16 +113,17 @@ class DiffusionRenderer:
         return clip
 
 
-def _spread(clip: Clip, frame_count: int, overlays) -> Iterator[FrameRun]:
-    """The clip stretched over `frame_count` output frames, titles on top, as runs."""
-    available = len(clip.frames)
+def _spread(frames: Sequence[np.ndarray], frame_count: int, overlays) -> Iterator[FrameRun]:
+    """The clip's frames stretched over `frame_count` output frames, titles on top, as runs:
+    output frame i shows clip frame i * len(frames) // frame_count."""
+    available = len(frames)
     start = 0
     while start < frame_count:
         source = start * available // frame_count
         end = start + 1
         while end < frame_count and end * available // frame_count == source:
             end += 1
-        frame = clip.frames[source]
+        frame = frames[source]
         for overlay in overlays:
             frame = overlay.blend_onto(frame)
         yield FrameRun(frame, end - start)

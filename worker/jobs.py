@@ -51,10 +51,11 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         if cancel_requested(job.connection, spec.job_id):  # cancelled while it waited
             raise JobCancelled
         settings = load_settings()
-        reporter = _ProgressReporter(events, spec, build_timeline(spec.storyboard,
-                                                                  settings.render.fps))
+        reporter = _ProgressReporter(events, spec, build_timeline(
+            spec.storyboard, settings.render.fps, branding=settings.branding))
         result = render_to_folder(
             spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
+            timeline_ready=reporter.use_timeline,
             on_step=reporter.step, should_stop=lambda: cancel_requested(job.connection,
                                                                         spec.job_id),
             animatic=spec.animatic, stages=stages)
@@ -117,6 +118,10 @@ class _ProgressReporter:
         self.spec = spec
         self.timeline = timeline
         self.last_sent = 0.0
+
+    def use_timeline(self, timeline: Timeline) -> None:
+        """The render's own timeline: the voice and the school's cards may change it."""
+        self.timeline = timeline
 
     def step(self, scene_index: int, step: int, steps: int) -> None:
         """A denoising step of a model scene: "scene 2/5, step 12/30"."""

@@ -74,13 +74,17 @@ MIN_FPS = 15.0
 ASPECT_TOLERANCE = 0.03
 
 # What made a stretch of the video, which decides what "still" means there:
-# title: a title, intro or outro card; still: an animatic scene (a card, still on purpose);
-# image: an uploaded picture the animatic pans over; video: a video model's clip;
-# unknown: a video checked without knowing how it was made.
-Kind = Literal["title", "still", "image", "video", "unknown"]
+# title: the lesson's title card; intro, outro: the school's cards (settings [branding]);
+# still: an animatic scene (a card, still on purpose); image: an uploaded picture the
+# animatic pans over; video: a video model's clip; unknown: a video checked without
+# knowing how it was made.
+Kind = Literal["title", "intro", "outro", "still", "image", "video", "unknown"]
 MAY_NOT_FREEZE: frozenset[str] = frozenset({"video"})
 MAY_FREEZE_WITH_A_NOTE: frozenset[str] = frozenset({"unknown"})
 SHARPNESS_CHECKED: frozenset[str] = frozenset({"video"})
+# The school's cards are in the school's colours: a navy card is not a black picture.
+MAY_BE_DARK: frozenset[str] = frozenset({"intro", "outro"})
+CARD_NAMES = {"title": "the title card", "intro": "the intro card", "outro": "the outro card"}
 
 
 class QualityCheckError(UserError):
@@ -92,7 +96,7 @@ class _Model(BaseModel):
 
 
 class SceneSpan(_Model):
-    """A stretch of the video in seconds: the title card (scene_index None) or one scene."""
+    """A stretch of the video in seconds: one scene, or a card (scene_index None)."""
 
     scene_index: int | None
     start: float
@@ -104,7 +108,7 @@ class SceneSpan(_Model):
     def name(self) -> str:
         if self.scene_index is not None:
             return f"scene {self.scene_index + 1}"
-        return "the title card" if self.kind == "title" else "the video"
+        return CARD_NAMES.get(self.kind, "the video")
 
 
 class SceneQuality(SceneSpan):
@@ -181,7 +185,7 @@ def scene_spans(timeline: Timeline, storyboard: Storyboard,
         spans.append(SceneSpan(
             scene_index=index, start=segment.start_frame / timeline.fps,
             end=segment.end_frame / timeline.fps,
-            kind="title" if index is None else kinds[index],
+            kind=segment.kind if index is None else kinds[index],
             narrated=index is not None and bool(storyboard.scenes[index].narration),
         ))
     return spans
@@ -507,6 +511,9 @@ def _span_at(spans: Sequence[SceneSpan], time: float) -> SceneSpan | None:
 def _black_stretches(times: np.ndarray, dark: np.ndarray, spans: Sequence[SceneSpan],
                      seconds: float) -> list[Stretch]:
     stretches = []
+    for span in spans:
+        if span.kind in MAY_BE_DARK:
+            dark = dark & ~((times >= span.start) & (times < span.end))
     for first, last in _runs(dark):
         start, end = times[first], min(times[last] + 1 / SAMPLES_PER_SECOND, seconds)
         if (last - first + 1) / SAMPLES_PER_SECOND < MIN_BLACK_SECONDS:

@@ -24,6 +24,7 @@ from engine.storyboard import Storyboard
 from engine.timeline import Timeline, build_timeline, to_srt, to_webvtt
 from worker.animatic import AnimaticRenderer
 from worker.audio import VoiceClip, mix, mux_audio_into, pick_music
+from worker.branding import brand_cards
 from worker.compose import compose
 from worker.encode import EncodeOptions, VideoEncoder
 from worker.export import build_bundle
@@ -84,6 +85,7 @@ def render_to_folder(
     progress: Callable[[int, int], None] | None = None,
     on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
     animatic: bool = False, stages: StageTimer | None = None,
+    timeline_ready: Callable[[Timeline], None] | None = None,
 ) -> RenderResult:
     """Render `storyboard` into `out_dir` with the renderer the settings choose, or with the
     CPU animatic when `animatic` (a quick preview). `stages` times each stage (a job passes
@@ -106,7 +108,10 @@ def render_to_folder(
         stages.record("narration", narration_seconds)
         storyboard = narration.storyboard
         notes += narration.notes
-        timeline = narration.timeline(build_timeline(storyboard, settings.render.fps))
+        timeline = narration.timeline(build_timeline(storyboard, settings.render.fps,
+                                                     branding=settings.branding))
+        if timeline_ready is not None:  # progress reports follow the timing the voice set
+            timeline_ready(timeline)
         timed = _TimedRenderer(stages, on_step)
         renderer = _renderer(storyboard, plan, settings, font, timed.step, should_stop)
         timed.renderer = renderer
@@ -114,14 +119,19 @@ def render_to_folder(
             fps=settings.render.fps, crf=settings.render.crf,
             preview_crf=settings.render.preview_crf, preset=settings.render.x264_preset,
             preview_max_side=settings.render.preview_max_side,
+            codec=settings.output.codec, upscale=settings.output.upscale,
         )
         size = (renderer.width, renderer.height)
+        cards = brand_cards(settings.branding, storyboard, size=size, font=font,
+                            fps=settings.render.fps)
+        if cards is not None:
+            notes += cards.notes
         encoder = VideoEncoder(files["video"], files["preview"], size, options)
         stages.record("prepare", stages.clock() - prepare_started - narration_seconds)
         try:
             compose_started = stages.clock()
-            stills = compose(timeline, timed, encoder, font=font, progress=progress,
-                             should_stop=should_stop)
+            stills = compose(timeline, timed, encoder, font=font, cards=cards,
+                             progress=progress, should_stop=should_stop)
             # Compose's own time: what it spent outside the renderer (timed per scene).
             stages.record("compose", stages.clock() - compose_started - timed.spent)
             with stages.stage("encode"):
@@ -155,6 +165,7 @@ def render_to_folder(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if plan is not None:  # the renderer is a DiffusionRenderer
+        notes += renderer.notes  # the RIFE fallback, a failed interpolation
         notes += [f"Scene {index + 1} was rendered with less memory: {', '.join(given_up)}."
                   for index, given_up in sorted(renderer.degraded.items())]
         return RenderResult(published, plan.preset, renderer.generated, notes, problems,
@@ -214,7 +225,9 @@ def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Sett
     cache = ClipCache(settings.clips_path) if settings.diffusion.cache_clips else None
     return DiffusionRenderer(storyboard, plan, fps=settings.render.fps, font=font,
                              uploads=settings.uploads_path, device=settings.diffusion.device,
-                             cache=cache, on_step=on_step, should_stop=should_stop)
+                             cache=cache, on_step=on_step, should_stop=should_stop,
+                             interpolate_fps=settings.output.interpolate_fps,
+                             interpolation=settings.output.interpolation)
 
 
 class _TimedRenderer:
