@@ -22,11 +22,13 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 from PIL import Image, UnidentifiedImageError
 from redis.exceptions import LockError
+from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -35,6 +37,8 @@ from engine.changes import describe_changes
 from engine.dialogue import Dialogue
 from engine.edits import apply_plain_edit
 from engine.errors import UserError
+from engine.eta import CostModel
+from engine.fair_queue import FairQueue
 from engine.history import StoryboardHistory, StoryboardVersion
 from engine.jobs import RenderSpec, enqueue_render, new_job_id, render_queue, request_cancel
 from engine.library import Library, VideoRecord, link_to
@@ -51,7 +55,8 @@ log = logging.getLogger(__name__)
 PREFIX = "lessonreel:"
 ACTION_TTL_SECONDS = 60 * 86_400
 DEDUPE_TTL_SECONDS = 86_400
-# Until a few renders have been timed, a queue estimate assumes this many seconds a job.
+# Until a few renders have been timed, a queue estimate assumes this many seconds a job
+# (engine/eta.py prices a job by its storyboard once workers have measured its kind).
 DEFAULT_JOB_SECONDS = 60.0
 VIDEOS_KEPT = 20
 ROLES_KEY = PREFIX + "roles"  # identity -> role, as admins set them in chat
@@ -466,9 +471,9 @@ class ChatService:
                            * (self.settings.bot.max_queued_jobs + 2)
                            + queue_settings.result_ttl_seconds)
         route = self.routes.get(job_id)
-        waiting = queue.job_ids  # fair turns: a job may go in ahead of another's batch
-        ahead = waiting.index(job_id) if job_id in waiting else 0
-        text = queued_text(route, ahead, self.job_seconds())
+        etas = waiting_etas(self.redis, queue)  # fair turns: it may go ahead of a batch
+        ahead = list(etas).index(job_id) if job_id in etas else 0
+        text = queued_text(route, ahead, etas.get(job_id, self.job_seconds()))
         # What the status message will say, so the relay skips re-sending the same words.
         self.redis.set(status_text_key(job_id), text, ex=7 * 86_400)
         return [Out(text, follows_job=job_id, language=lang)]
@@ -558,12 +563,12 @@ class ChatService:
         route = self._active_job(conversation)
         lines = []
         if route is not None:
-            ids = queue.job_ids
-            if route.job_id in ids:
-                ahead = ids.index(route.job_id)
+            etas = waiting_etas(self.redis, queue)
+            if route.job_id in etas:
+                ahead = list(etas).index(route.job_id)
                 lines.append(say(lang, "queue_yours_waiting", version=route.version,
                                  ahead=_ahead(lang, ahead),
-                                 eta=duration_words(lang, (ahead + 1) * self.job_seconds())))
+                                 eta=duration_words(lang, etas[route.job_id])))
             else:
                 lines.append(say(lang, "queue_yours_running", version=route.version))
         if queue.count or running:
@@ -977,6 +982,48 @@ def job_seconds(connection: redis.Redis) -> float:
     return float(raw) if raw else DEFAULT_JOB_SECONDS
 
 
+def waiting_etas(connection: redis.Redis, queue: FairQueue) -> dict[str, float]:
+    """Seconds until each waiting job's video is ready, by job id, in the queue's order.
+
+    Each job is priced by its own storyboard (engine/eta.py), else as an average job. A job
+    waits for what the running jobs have left and for the jobs ahead of it, shared among as
+    many workers as are rendering now (the queue knows no better count of its workers), then
+    for its own render. A few round trips however long the line: the jobs come in one
+    pipeline, the figures in one read."""
+    waiting = queue.job_ids
+    running = queue.started_job_registry.get_job_ids()
+    jobs = Job.fetch_many([*running, *waiting], connection=connection,
+                          serializer=JSONSerializer)
+    model = CostModel.read(connection)
+    fallback = job_seconds(connection)
+    now = datetime.now(UTC)
+    before = 0.0  # worker-seconds of work in front of the next waiting job
+    for job in jobs[:len(running)]:
+        seconds = _job_estimate(model, job, fallback)
+        if job is not None and job.started_at is not None:
+            seconds -= (now - job.started_at).total_seconds()
+        before += max(seconds, 0.0)
+    workers = max(len(running), 1)
+    etas = {}
+    for job_id, job in zip(waiting, jobs[len(running):], strict=True):
+        own = _job_estimate(model, job, fallback)
+        etas[job_id] = before / workers + own
+        before += own
+    return etas
+
+
+def _job_estimate(model: CostModel, job: Job | None, fallback: float) -> float:
+    """A queued render's seconds from the RenderSpec it was enqueued with."""
+    if job is None:  # gone since the queue was read
+        return fallback
+    try:
+        spec = RenderSpec.model_validate(job.args[0])
+    except (DeserializationError, IndexError, TypeError, ValueError):  # not a render job
+        return fallback
+    seconds = model.estimate(spec.storyboard, preview=spec.animatic)
+    return fallback if seconds is None else seconds
+
+
 def _identity(place: Place, text: str) -> str | None:
     """"slack:U123", or in Slack a mention of a user ("<@U123>", "@U123"), as an identity.
     Elsewhere a name after "@" is not an id (Telegram's ids are numbers): only the full
@@ -998,11 +1045,11 @@ def status_text_key(job_id: str) -> str:
     return f"{PREFIX}status-text:{job_id}"
 
 
-def queued_text(route: Route, ahead: int, seconds_per_job: float) -> str:
-    """"Version 3 is queued: 2 videos ahead of it, about 3 min." """
+def queued_text(route: Route, ahead: int, eta_seconds: float) -> str:
+    """"Version 3 is queued: 2 videos ahead of it, about 3 min." (`waiting_etas`)"""
     lang = route.language
     return say(lang, "queued_preview" if route.preview else "queued", version=route.version,
-               ahead=_ahead(lang, ahead), eta=duration_words(lang, (ahead + 1) * seconds_per_job))
+               ahead=_ahead(lang, ahead), eta=duration_words(lang, eta_seconds))
 
 
 def _ahead(lang: str, count: int) -> str:

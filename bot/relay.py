@@ -25,16 +25,16 @@ from bot.core import (
     Route,
     RouteStore,
     gpu_seconds_key,
-    job_seconds,
     queued_text,
     status_text_key,
+    waiting_etas,
 )
 from bot.messages import say
 from engine.events import STREAM, RenderEvent
 from engine.jobs import render_queue
 from engine.library import Library, link_to
 from engine.settings import Settings
-from engine.share import media_file
+from engine.share import BUNDLE_SUFFIX, media_file, share_url
 from engine.storyboard import format_seconds
 
 log = logging.getLogger(__name__)
@@ -243,16 +243,15 @@ class EventRelay:
     async def _refresh_queued(self, exclude: str) -> None:
         """Edit the status of this platform's waiting jobs to their new place in line."""
         queue = render_queue(self.redis, self.settings)
-        waiting = await asyncio.to_thread(lambda: queue.job_ids)
-        seconds = await asyncio.to_thread(job_seconds, self.redis)
-        for ahead, job_id in enumerate(waiting):
+        etas = await asyncio.to_thread(waiting_etas, self.redis, queue)
+        for ahead, (job_id, eta) in enumerate(etas.items()):
             route = None if job_id == exclude else await asyncio.to_thread(self.routes.get,
                                                                            job_id)
             if route is None or route.place.platform != self.platform or (
                     self.only is not None and not self.only(route)):
                 continue
             try:
-                await self._show_status(route, queued_text(route, ahead, seconds))
+                await self._show_status(route, queued_text(route, ahead, eta))
             except Exception:  # a courtesy: never at the cost of the event in hand
                 log.warning("could not update the queue position of job %s", job_id,
                             exc_info=True)
@@ -312,7 +311,8 @@ class EventRelay:
         lines = [say(lang, key, title=route.title, total=total),
                  say(lang, "link", days=self.settings.share.link_days, url=url)]
         if media_file(self.settings, route.job_id, "bundle.zip") is not None:
-            lines.append(say(lang, "bundle", url=f"{url}/bundle.zip?download=1"))
+            bundle = share_url(self.settings, self.share_secret, route.job_id + BUNDLE_SUFFIX)
+            lines.append(say(lang, "bundle", url=f"{bundle}/bundle.zip?download=1"))
         lines += [f"• {note}" for note in event.notes[:6]]  # the voice, the music, the check
         text = "\n".join(lines)
         return Delivery("finished", text, link=url,

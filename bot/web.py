@@ -35,13 +35,14 @@ from bot.runtime import build_runtime, use_bot_executor
 from engine.connection import connect
 from engine.metrics import exposition
 from engine.settings import Settings, load_settings
-from engine.share import ShareLink, is_revoked, media_file, share_secret, verify
+from engine.share import BUNDLE_SUFFIX, ShareLink, is_revoked, media_file, share_secret, verify
 
 SHARED_FILES = {
     "video.mp4": "video/mp4", "preview.mp4": "video/mp4", "poster.jpg": "image/jpeg",
     "captions.vtt": "text/vtt", "captions.srt": "application/x-subrip",
-    "bundle.zip": "application/zip",
 }
+# The export bundle is the teacher's, with links of its own (engine/share.BUNDLE_SUFFIX).
+BUNDLE_FILES = {"bundle.zip": "application/zip"}
 PAGE = """<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -113,12 +114,15 @@ def share_routes(settings: Settings, secret: bytes) -> list[Route]:
         if isinstance(link, Response):
             return link
         name = request.path_params["name"]
-        path = media_file(settings, link.folder, name) if name in SHARED_FILES else None
+        folder, files = link.folder, SHARED_FILES
+        if folder.endswith(BUNDLE_SUFFIX):
+            folder, files = folder.removesuffix(BUNDLE_SUFFIX), BUNDLE_FILES
+        path = media_file(settings, folder, name) if name in files else None
         if path is None:
             return plain_page(404, GONE)
         download = "download" in request.query_params
         # Short-lived private caching, so a revoked link stops working soon on a device too.
-        return FileResponse(path, media_type=SHARED_FILES[name],
+        return FileResponse(path, media_type=files[name],
                             filename=name if download else None,
                             headers={"Cache-Control": "private, max-age=300",
                                      "Referrer-Policy": "no-referrer",

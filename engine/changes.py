@@ -10,7 +10,7 @@ from collections.abc import Collection
 
 from engine.storyboard import Scene, Storyboard, format_seconds
 
-MESSAGES = {
+MESSAGES: dict[str, dict] = {
     "en": {
         "title": "Title: “{old}” → “{new}”",
         "audience": "Audience: {old} → {new}",
@@ -20,6 +20,8 @@ MESSAGES = {
         "title_card": "Title card: {old} → {new}",
         "voice": "Voice: {old} → {new}",
         "music": "Music: {old} → {new}",
+        "quality": "Quality: {old} → {new}",
+        "qualities": {"draft": "draft", "standard": "standard", "high": "high"},
         "default": "the school's default",
         "no_music": "none",
         "removed": "Removed scene {n} ({label})",
@@ -43,6 +45,8 @@ MESSAGES = {
         "title_card": "片头：{old} → {new}",
         "voice": "声音：{old} → {new}",
         "music": "音乐：{old} → {new}",
+        "quality": "画质：{old} → {new}",
+        "qualities": {"draft": "草稿", "standard": "标准", "high": "高"},
         "default": "学校默认",
         "no_music": "无",
         "removed": "删除了场景 {n}（{label}）",
@@ -84,6 +88,10 @@ def describe_changes(old: Storyboard, new: Storyboard, moved: Collection[str] = 
                 return say["no_music"] if value == "none" else value or say["default"]
 
             lines.append(say[field].format(old=shown(before), new=shown(after)))
+    if old.quality != new.quality:
+        names = say["qualities"]
+        lines.append(say["quality"].format(old=names.get(old.quality, say["default"]),
+                                           new=names.get(new.quality, say["default"])))
 
     old_positions = {scene.id: index for index, scene in enumerate(old.scenes)}
     new_ids = {scene.id for scene in new.scenes}

@@ -48,6 +48,15 @@ _VOICE = r"(?P<voice>default|[a-z]{2,3}(?:[-_+][a-z0-9]{1,12}){0,4})"
 _TRACK = (r"(?P<track>none|random|default|[\w][\w .()'&-]{0,100}"
           r"\.(?:mp3|ogg|oga|opus|wav|flac|m4a|aac))")
 
+# A render quality level, as said in English or Chinese; "default" leaves it to the settings.
+_QUALITY_WORDS = {
+    "draft": "draft", "standard": "standard", "normal": "standard", "high": "high",
+    "best": "high", "default": "", "草稿": "draft", "标准": "standard", "高": "high",
+    "默认": "",
+}
+_QUALITY_EN = r"(?P<quality>draft|standard|normal|high|best|default)"
+_QUALITY_ZH = r"(?P<quality>草稿|标准|高|默认)"
+
 _POLITE = re.compile(
     r"^(?:please|pls|can you|could you|would you|kindly|ok(?:ay)?|now)[\s,]+"
     r"|[\s,]+(?:please|thanks?)$"
@@ -243,9 +252,13 @@ def _voice(storyboard: Storyboard, match: re.Match) -> Storyboard:
 
 def _music(storyboard: Storyboard, match: re.Match) -> Storyboard:
     track = match["track"] if "track" in match.groupdict() and match["track"] else "none"
-    if track.lower() in ("default", "random", "默认", "随机"):
-        track = ""
+    if track.lower() in ("default", "默认"):
+        track = ""  # the school's setting decides again
     return storyboard.revise(music=track)
+
+
+def _quality(storyboard: Storyboard, match: re.Match) -> Storyboard:
+    return storyboard.revise(quality=_QUALITY_WORDS[match["quality"]])
 
 
 def _total_length(storyboard: Storyboard, match: re.Match) -> Storyboard | None:
@@ -323,6 +336,14 @@ def _rules() -> list[_Rule]:
         (rf"(?:use |play |change the music to |set the music to )?(?:background )?music:? "
          rf"{_TRACK}", _music),
         (rf"(?:用|换成|改成|播放)?(?:背景)?音乐(?:改成|换成|用|为|:|：)\s*{_TRACK}", _music),
+        # the render quality: "draft quality", "quality high", "质量 草稿", "高质量"
+        (rf"(?:use |make it |render (?:it )?(?:in |at )?|switch to )?(?:an? |the )?{_QUALITY_EN}"
+         r"[ -]quality", _quality),
+        (rf"(?:(?:set|change|switch) (?:the )?)?quality(?: level)?(?: to)?:? {_QUALITY_EN}",
+         _quality),
+        (rf"(?:用|换成|改成|使用)?(?:质量|画质)(?:改成|换成|改为|设为|用|为|:|：)?\s*{_QUALITY_ZH}",
+         _quality),
+        (rf"(?:用|换成|改成|使用)?{_QUALITY_ZH}(?:质量|画质)", _quality),
         (rf"(?:new seed|reroll|re-roll|another take|a different take|regenerate)(?: for)?"
          rf"(?: the)? {_A}", _new_seed),
         (rf"(?:give )?(?:the )?{_A} (?:a )?(?:new|different) (?:seed|take)", _new_seed),

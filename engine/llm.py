@@ -320,5 +320,6 @@ def answer_to_storyboard(
         aspect=answer.aspect, style=styles[answer.style],
         title_card_seconds=current.title_card_seconds if current else title_card_seconds,
         voice=current.voice if current else "", music=current.music if current else "",
+        quality=current.quality if current else "",
         scenes=scenes,
     )

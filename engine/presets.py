@@ -1,12 +1,14 @@
 """Video model presets (config/models.toml) and the generation plan they give each scene.
 
-A preset names a diffusers pipeline, where its weights live and how to run it. The plan for
-one render (`DiffusionPlan`) is the preset with the operator's overrides applied; each worker
-makes it from its own settings, so it renders with the weights on its own disk.
+A preset names a diffusers pipeline, where its weights live and how to run it at each
+quality level a teacher can pick (draft, standard, high). The plan for one render
+(`DiffusionPlan`) is the preset at one quality with the operator's overrides applied; each
+worker makes it from its own settings, so it renders with the weights on its own disk.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import tomllib
@@ -14,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import SettingsError
 from engine.paths import CONFIG_DIR
@@ -27,6 +29,41 @@ PipelineClass = Literal[
 FRAME_STEP = {"Wan": 4, "LTX": 8}
 SIZE_STEP = {"Wan": 16, "LTX": 32}
 MIN_SIDE = 32
+
+Quality = Literal["draft", "standard", "high"]
+QUALITIES: tuple[str, ...] = get_args(Quality)
+# "auto": the fastest backend installed on a CUDA worker (worker/pipelines.attention_backend).
+Attention = Literal["auto", "native", "flash3", "sage"]
+CacheKind = Literal["none", "first_block", "mag"]
+
+
+class QualityOptions(BaseModel):
+    """How one quality level of a preset runs: a [<preset>.quality.<level>] table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    steps: int = Field(ge=1, le=200)
+    guidance: float = Field(ge=0.0, le=30.0)
+    attention: Attention = "auto"
+    compile: bool = False  # regional torch.compile of the repeated blocks, CUDA only
+    cache: CacheKind = "none"  # diffusers' cache hooks on the transformer
+    cache_threshold: float = Field(0.0, ge=0.0, le=1.0)
+    mag_ratios: tuple[float, ...] = ()  # MagCache's per-checkpoint ratios (calibrated)
+    # A step-distilled LoRA in the preset's folder, and how to run with it; without the file
+    # the level runs with `steps` and `guidance`, and the render says so.
+    lora: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*\.safetensors)?$")
+    lora_steps: int = Field(0, ge=0, le=200)  # 0: `steps`
+    lora_guidance: float = Field(-1.0, ge=-1.0, le=30.0)  # -1: `guidance`
+    vae_tiling: bool = False
+
+    @model_validator(mode="after")
+    def _options_agree(self) -> QualityOptions:
+        if self.cache != "none" and self.cache_threshold <= 0:
+            raise ValueError(f'cache = "{self.cache}" needs a cache_threshold above 0')
+        if self.cache == "mag" and not self.mag_ratios:
+            raise ValueError('cache = "mag" needs mag_ratios, calibrated for this checkpoint')
+        if not self.lora and (self.lora_steps or self.lora_guidance >= 0):
+            raise ValueError("lora_steps and lora_guidance need a lora")
+        return self
 
 
 class ModelPreset(BaseModel):
@@ -42,11 +79,18 @@ class ModelPreset(BaseModel):
     height: int = Field(ge=MIN_SIDE, le=4096)
     frames: int = Field(ge=5, le=1024)
     fps: int = Field(ge=4, le=60)
-    steps: int = Field(ge=1, le=200)
-    guidance: float = Field(ge=0.0, le=30.0)
     dtype: Literal["bfloat16", "float16", "float32"]
     cpu_offload: bool = False
-    vae_tiling: bool = False
+    quality: dict[Quality, QualityOptions]
+
+    @field_validator("quality")
+    @classmethod
+    def _every_level(cls, levels: dict[str, QualityOptions]) -> dict[str, QualityOptions]:
+        missing = [level for level in QUALITIES if level not in levels]
+        if missing:
+            raise ValueError(f"every preset needs the quality levels {', '.join(QUALITIES)}; "
+                             f"missing: {', '.join(missing)}")
+        return levels
 
     @property
     def family(self) -> str:
@@ -71,6 +115,15 @@ class DiffusionPlan(BaseModel):
     vae_tiling: bool
     text_to_video: PipelineClass | Literal[""]  # "" : text-only scenes use the animatic
     image_to_video: PipelineClass | Literal[""]  # "" : image scenes use the animatic
+    # The quality level and its speed options (steps and guidance above are its, resolved).
+    quality: Quality = "standard"
+    attention: Attention = "native"
+    compile: bool = False
+    cache: CacheKind = "none"
+    cache_threshold: float = 0.0
+    mag_ratios: tuple[float, ...] = ()
+    lora: str = Field("", max_length=4096)  # the LoRA file on this worker, "" none
+    notes: tuple[str, ...] = ()  # what the render should say (a named LoRA that is missing)
 
     def frames_for(self, seconds: float) -> int:
         """Frames to generate for a scene: enough for `seconds` at the model's fps, in the
@@ -83,8 +136,9 @@ class DiffusionPlan(BaseModel):
 IMAGE_TO_VIDEO = ("WanImageToVideoPipeline", "LTXImageToVideoPipeline")
 
 
-def plan_for(settings: Settings, aspect: str) -> DiffusionPlan | None:
-    """How to render this storyboard with a diffusion model, or None for the animatic."""
+def plan_for(settings: Settings, aspect: str, quality: str = "") -> DiffusionPlan | None:
+    """How to render this storyboard with a diffusion model at `quality` ("": the setting
+    diffusion.quality), or None for the animatic."""
     options = settings.diffusion
     if options.renderer == "animatic":
         return None
@@ -118,14 +172,40 @@ def plan_for(settings: Settings, aspect: str) -> DiffusionPlan | None:
                                     options.max_side)
     step = FRAME_STEP[family]
     max_frames = max(((options.max_frames or preset.frames) - 1) // step, 1) * step + 1
+    level = quality or options.quality
+    if level not in QUALITIES:
+        raise SettingsError(f"Quality {level!r} is not one of: {', '.join(QUALITIES)}.")
+    chosen = preset.quality[level]
+    steps, guidance, lora, notes = chosen.steps, chosen.guidance, "", []
+    if chosen.lora:
+        steps, guidance, lora, notes = _with_lora(chosen, folder, level)
     return DiffusionPlan(
         preset=preset.name, model_dir=str(folder.resolve()), family=family, width=width,
         height=height, max_frames=max_frames, fps=preset.fps,
-        steps=options.steps or preset.steps,
-        guidance=preset.guidance if options.guidance < 0 else options.guidance,
-        dtype=preset.dtype, cpu_offload=preset.cpu_offload, vae_tiling=preset.vae_tiling,
+        steps=options.steps or steps,  # the operator's override wins at every level
+        guidance=guidance if options.guidance < 0 else options.guidance,
+        dtype=preset.dtype, cpu_offload=preset.cpu_offload, vae_tiling=chosen.vae_tiling,
         text_to_video=text_to_video, image_to_video=image_to_video,
+        quality=level, attention=chosen.attention, compile=chosen.compile,
+        cache=chosen.cache, cache_threshold=chosen.cache_threshold,
+        mag_ratios=chosen.mag_ratios, lora=lora, notes=tuple(notes),
     )
+
+
+def _with_lora(chosen: QualityOptions, folder: Path, level: str
+               ) -> tuple[int, float, str, list[str]]:
+    """Steps, guidance, LoRA file and notes of a level that names a LoRA: its own recipe
+    when the file is here and peft can load it, else the level's steps without it."""
+    path = folder / chosen.lora
+    if not path.is_file():
+        why = f"its LoRA {chosen.lora} is not in {folder}"
+    elif importlib.util.find_spec("peft") is None:
+        why = f"loading its LoRA {chosen.lora} needs the peft package, which is not installed"
+    else:
+        guidance = chosen.guidance if chosen.lora_guidance < 0 else chosen.lora_guidance
+        return chosen.lora_steps or chosen.steps, guidance, str(path.resolve()), []
+    return chosen.steps, chosen.guidance, "", [
+        f"The {level} quality ran without its speed-up ({why}), at {chosen.steps} steps."]
 
 
 def pipeline_class(folder: Path) -> str:

@@ -79,6 +79,8 @@ class DiffusionSettings(_Section):
     max_frames: int = Field(0, ge=0, le=1024)
     guidance: float = Field(-1.0, ge=-1.0, le=30.0)
     cache_clips: bool = True
+    # The quality level a storyboard renders at unless the teacher picked one.
+    quality: Literal["draft", "standard", "high"] = "standard"
 
 
 class GpuSettings(_Section):

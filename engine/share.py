@@ -54,6 +54,11 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 log = logging.getLogger(__name__)
 
 
+# The export bundle (storyboard, prompts, seeds, every part of a video) is for the teacher,
+# not for the students a share link reaches: its links name "<video>.bundle" instead.
+BUNDLE_SUFFIX = ".bundle"
+
+
 @dataclass(frozen=True)
 class ShareLink:
     folder: str

@@ -101,6 +101,9 @@ class Storyboard(_Frozen):
     # "" leaves it to the settings. Set by plain edits ("voice en-gb", "no music").
     voice: str = Field("", max_length=80, pattern=r"^[A-Za-z0-9._+-]*$")
     music: str = Field("", max_length=120, pattern=r"^[^/\\\x00-\x1f]*$")
+    # The teacher's render quality (config/models.toml levels), over the setting
+    # diffusion.quality; "" leaves it to the settings. Set by plain edits ("draft quality").
+    quality: Literal["", "draft", "standard", "high"] = ""
 
     @model_validator(mode="after")
     def _scene_ids_are_unique(self) -> Storyboard:

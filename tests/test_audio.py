@@ -388,3 +388,11 @@ def test_the_video_and_its_preview_get_the_same_track_or_neither_does(tmp_path):
 def test_measure_mixing_reports_seconds_per_output_second():
     per_second = measure_mixing(4.0, repeat=1)
     assert 0 < per_second < 1.0
+
+
+def test_a_track_named_in_chat_is_found_whatever_its_capitals(tmp_path):
+    folder = tmp_path / "music"
+    folder.mkdir()
+    track = write_music(folder / "Morning Walk.mp3", tone(2.0))
+    choice = pick_music(AudioSettings(music_dir=str(folder)), "morning walk.mp3")
+    assert choice.path == track.resolve() and choice.note == ""

@@ -167,7 +167,7 @@ def test_the_voice_and_the_music_are_chosen_by_plain_edits(board, message, voice
     edited = apply_plain_edit(board, message)
     assert (edited.voice, edited.music) == (voice, music)
     assert [scene.duration for scene in edited.scenes] == [s.duration for s in board.scenes]
-    back = apply_plain_edit(edited, "voice default" if voice else "music random")
+    back = apply_plain_edit(edited, "voice default" if voice else "music default")
     assert (back.voice, back.music) == ("", "")
 
 
@@ -191,3 +191,8 @@ def test_a_sound_choice_is_said_and_kept_through_a_model_edit(board):
     after = answer_to_storyboard(answer, edited, styles(), grade=None, title_card_seconds=2,
                                  salt="t")
     assert after.title == "New" and after.music == "none"
+
+
+def test_music_random_asks_for_a_random_track_whatever_the_school_default(board):
+    assert apply_plain_edit(board, "music random").music == "random"
+

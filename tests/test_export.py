@@ -15,7 +15,7 @@ import pytest
 from engine.storyboard import Storyboard
 from tests.conftest import make_storyboard
 from worker.encode import probe
-from worker.export import BUNDLE_FILE, ExportError, build_bundle, scene_slug
+from worker.export import BUNDLE_FILE, ExportError, build_bundle, clip_names, scene_slug
 from worker.qc import SceneSpan, write_report
 from worker.render import render_to_folder
 
@@ -68,13 +68,13 @@ def test_the_bundle_unpacks_to_files_that_play_and_a_storyboard_that_loads_back(
         names = sorted(archive.namelist())
     assert names == sorted([
         "README.txt", "storyboard.json", "video.mp4", "captions.srt", "captions.vtt",
-        "scenes/00-title-card.mp4", "scenes/01-step-0.mp4", "scenes/02-step-1.mp4",
+        "scenes/00b-title-card.mp4", "scenes/01-step-0.mp4", "scenes/02-step-1.mp4",
         "narration/01.wav", "narration/02.wav",
     ])
     loaded = Storyboard.model_validate_json((unpacked / "storyboard.json").read_text())
     assert loaded == storyboard
     assert probe(unpacked / "video.mp4").seconds == pytest.approx(6.0)
-    for clip, seconds in [("00-title-card", 1), ("01-step-0", 3), ("02-step-1", 2)]:
+    for clip, seconds in [("00b-title-card", 1), ("01-step-0", 3), ("02-step-1", 2)]:
         info = probe(unpacked / "scenes" / f"{clip}.mp4")
         assert info.frames == seconds * 24, clip
         assert (info.width, info.height) == (832, 480)
@@ -137,7 +137,7 @@ def test_the_renderers_own_clips_go_in_as_they_are(rendered, tmp_path):
     with zipfile.ZipFile(build_bundle(folder, scene_clips=clips)) as archive:
         assert archive.read("scenes/01-step-0.mp4") == clips[0].read_bytes()
         assert archive.read("scenes/02-step-1.mp4") == clips[1].read_bytes()
-        assert "scenes/00-title-card.mp4" in archive.namelist()
+        assert "scenes/00b-title-card.mp4" in archive.namelist()
         assert not any(name.startswith("narration/") for name in archive.namelist())
 
 
@@ -203,3 +203,18 @@ def test_a_failed_export_keeps_the_bundle_made_before(rendered, tmp_path):
 def test_a_folder_without_a_render_is_refused(tmp_path):
     with pytest.raises(ExportError, match=r"has no storyboard\.json"):
         build_bundle(tmp_path)
+
+
+def test_clips_of_a_branded_video_are_named_and_sorted_in_the_videos_order():
+    from engine.settings import BrandingSettings
+    from engine.timeline import build_timeline
+    from worker.qc import scene_kinds, scene_spans
+
+    storyboard = make_storyboard((2, 3), title_card_seconds=1)
+    timeline = build_timeline(storyboard, 24, branding=BrandingSettings(cards="on"))
+    spans = scene_spans(timeline, storyboard, scene_kinds(storyboard, None))
+    names = list(clip_names(storyboard, spans).values())
+    assert [name.split("/")[1].split("-")[0] for name in names] == ["00a", "00b", "01", "02",
+                                                                    "02"]
+    assert names[0].endswith("intro.mp4") and names[-1].endswith("z-outro.mp4")
+    assert names == sorted(names)  # an editor's file list shows them in the video's order

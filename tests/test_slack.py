@@ -12,6 +12,7 @@ import random
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -225,7 +226,10 @@ def test_draft_edit_by_text_edit_by_form_render_and_open_the_link(slack_bot):
     assert upload["initial_comment"].startswith("Your video is ready")
     [link, bundle] = re.findall(r"https?://\S+", upload["initial_comment"])
     assert link.startswith(bot.server.url + "/v/")
-    assert bundle == link + "/bundle.zip?download=1"  # the editors' bundle, offered too
+    assert bundle.endswith("/bundle.zip?download=1")  # the editors' bundle, offered too
+    with pytest.raises(urllib.error.HTTPError) as refused:  # students' links do not reach it
+        fetch(link + "/bundle.zip")
+    assert refused.value.code == 404
     status_code, zipped = fetch(bundle)
     assert status_code == 200 and zipped[:2] == b"PK"
     status_code, page = fetch(link)

@@ -273,7 +273,8 @@ def test_draft_edit_by_text_and_button_render_and_open_the_link(fake, make_runti
         assert video.data == preview.read_bytes() and video.chat_id == TEACHER
         assert "Your video is ready" in video.caption
         [link, bundle] = [word for word in video.caption.split() if word.startswith(share.url)]
-        assert bundle == link + "/bundle.zip?download=1"  # the editors' bundle, offered too
+        assert bundle.endswith("/bundle.zip?download=1")  # the editors' bundle, offered too
+        assert httpx.get(link + "/bundle.zip", timeout=10).status_code == 404  # not students'
         zipped = httpx.get(bundle, timeout=10)
         assert zipped.status_code == 200 and zipped.content[:2] == b"PK"
         page = httpx.get(link, timeout=10)

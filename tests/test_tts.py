@@ -303,3 +303,12 @@ def test_measure_tts_gives_seconds_of_synthesis_per_second_of_speech(
     voice, _ = choose_voice(voice_settings, "en", "tiny-eng", presets=tiny_voice)
     assert 0 < measure_tts(voice, "en", repeat=1) < 10
     assert 0 < measure_tts(EspeakBackend(), "zh", repeat=1) < 1
+
+
+def test_a_voice_of_another_language_is_not_used_and_says_why():
+    settings = load_settings()
+    voice, notes = choose_voice(settings, "zh", "en-gb")
+    assert voice is not None and voice.voice_for("zh") == "cmn-latn-pinyin"
+    assert notes and "does not speak Chinese" in notes[0]
+    english, none = choose_voice(settings, "en", "en-gb")
+    assert english.voice_for("en") == "en-gb" and none == []

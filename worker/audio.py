@@ -162,7 +162,15 @@ def _track_inside(root: Path, name: str) -> Path | None:
     resolved = (root / name).resolve()  # an absolute `name` replaces root: caught below
     if not resolved.is_relative_to(root) or resolved.suffix.lower() not in MUSIC_EXTENSIONS:
         return None
-    return resolved if resolved.is_file() else None
+    if resolved.is_file():
+        return resolved
+    # A name said in chat may have lost its capitals ("music Morning Walk.mp3" is read in
+    # lower case): the folder's own track of that name, whatever its case.
+    wanted = resolved.name.lower()
+    same = [entry.resolve() for entry in resolved.parent.iterdir()
+            if entry.name.lower() == wanted and entry.is_file()
+            and entry.resolve().is_relative_to(root)] if resolved.parent.is_dir() else []
+    return same[0] if len(same) == 1 else None
 
 
 # 2. Mixing ------------------------------------------------------------------------------

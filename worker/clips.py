@@ -2,8 +2,10 @@
 
 A clip's key hashes everything that decides its pixels: the weights (the pipeline folder's
 model_index.json and the size and time of every file in it), the pipeline class, size,
-frames, steps, guidance, dtype, the prompt and style, the image's bytes and the seed. Edit
-one scene and only that scene's key changes.
+frames, steps, guidance, dtype, the quality level and the options of it that change pixels
+(cache hooks, LoRA, attention backend, VAE tiling), the prompt and style, the image's bytes
+and the seed. Edit one scene and only that scene's key changes; a draft clip is never served
+for a high render. (Regional compile is left out: it changes speed, not the picture.)
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import numpy as np
 from engine.presets import DiffusionPlan
 from worker.pipelines import Clip
 
-CACHE_FORMAT = 1  # bump when what a key means changes
+CACHE_FORMAT = 2  # bump when what a key means changes (2: quality levels)
 
 
 def clip_key(plan: DiffusionPlan, class_name: str, *, prompt: str, image: bytes | None,
-             frames: int, seed: int, dtype: str) -> str:
+             frames: int, seed: int, dtype: str, attention: str = "native") -> str:
     facts = {
         "format": CACHE_FORMAT,
         "weights": _weights_fingerprint(plan.model_dir),
@@ -35,6 +37,11 @@ def clip_key(plan: DiffusionPlan, class_name: str, *, prompt: str, image: bytes 
         "steps": plan.steps,
         "guidance": plan.guidance,
         "dtype": dtype,  # what the worker computes in, not what the preset asks for
+        "quality": plan.quality,
+        "cache": [plan.cache, plan.cache_threshold, list(plan.mag_ratios)],
+        "lora": Path(plan.lora).name if plan.lora else "",  # its bytes: in "weights"
+        "attention": attention,  # the backend this worker resolved (Sage quantizes)
+        "vae_tiling": plan.vae_tiling,
         "prompt": prompt,
         "image": hashlib.sha256(image).hexdigest() if image is not None else None,
         "seed": seed,

@@ -27,7 +27,14 @@ from worker.animatic import AnimaticRenderer
 from worker.clips import ClipCache, clip_key
 from worker.frames import FrameRun
 from worker.interpolate import InterpolationError, Method, interpolate, method_for
-from worker.pipelines import Clip, compute_dtype, device_for, generate, load_pipeline
+from worker.pipelines import (
+    Clip,
+    attention_backend,
+    compute_dtype,
+    device_for,
+    generate,
+    load_pipeline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +102,8 @@ class DiffusionRenderer:
         frames = self.plan.frames_for(scene.duration)
         prompt = f"{scene.visual}. Style: {self.storyboard.style.name}."
         key = clip_key(self.plan, class_name, prompt=prompt, image=image_bytes, frames=frames,
-                       seed=scene.seed, dtype=compute_dtype(self.plan, self.device))
+                       seed=scene.seed, dtype=compute_dtype(self.plan, self.device),
+                       attention=attention_backend(self.plan.attention, self.device)[0])
         if self.cache is not None and (cached := self.cache.get(key)) is not None:
             return cached
         pipeline = load_pipeline(self.plan, class_name, self.device)
@@ -108,6 +116,10 @@ class DiffusionRenderer:
                         seed=scene.seed, device=self.device, on_step=step,
                         should_stop=self.should_stop)
         self.generated.append(index)
+        for note in self.plan.notes:  # a level that ran without its LoRA: said once
+            if note not in self.notes:
+                log.warning("%s", note)
+                self.notes.append(note)
         if self.cache is not None and not clip.degraded:  # a lesser clip is not kept as the key's
             self.cache.put(key, clip)
         return clip

@@ -5,7 +5,7 @@
       storyboard.json         the storyboard, as lessonreel loads it
       video.mp4               the finished video
       captions.srt, .vtt      its captions
-      scenes/00-title-card.mp4, scenes/01-<slug>.mp4 …   each part of the video on its own
+      scenes/00b-title-card.mp4, scenes/01-<slug>.mp4 …   each part of the video on its own
       narration/01.wav …      each scene's narration, where it has one
 
 Scene clips are the renderer's own when it kept them; otherwise they are cut from video.mp4
@@ -221,17 +221,21 @@ def _clip_entries(folder: Path, storyboard: Storyboard, spans: Sequence[SceneSpa
 
 
 def clip_names(storyboard: Storyboard, spans: Sequence[SceneSpan]) -> dict[SceneSpan, str]:
-    """Archive names for the spans' clips: scene N is scenes/NN-<slug>.mp4, like its
-    narration/NN.wav; a card before the scenes is 00-title-card, one after them
-    (an outro) sorts last."""
+    """Archive names for the spans' clips, sorting in the video's order: the school's intro
+    00a-intro, the title card 00b-title-card, scene N NN-<slug> (like its narration/NN.wav),
+    the school's outro NN-z-outro after the last scene."""
     names: dict[SceneSpan, str] = {}
     seen = 0
     for span in spans:
         if span.scene_index is not None:
             seen = span.scene_index + 1
             stem = f"{seen:02d}-{scene_slug(storyboard.scenes[span.scene_index])}"
+        elif span.kind == "intro":
+            stem = "00a-intro"
+        elif span.kind == "outro" or seen:
+            stem = f"{seen:02d}-z-outro"
         else:
-            stem = "00-title-card" if not seen else f"{seen:02d}-z-card"
+            stem = "00b-title-card"
         name, copy = f"scenes/{stem}.mp4", 1
         while name in names.values():
             copy += 1

@@ -10,10 +10,12 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import redis
 from rq import get_current_job
 from rq.job import Job
 
 from engine.errors import UserError
+from engine.eta import StepTimes, record_render
 from engine.events import EventLog, RenderEvent
 from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
 from engine.library import Library, VideoRecord
@@ -41,7 +43,7 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
     /metrics (engine/metrics.py); the last line says how the job ended."""
     job = get_current_job()
     spec = RenderSpec.model_validate(spec_data)
-    stages = StageTimer(spec.job_id, job.connection)
+    stages = _JobStages(spec.job_id, job.connection)
     if (waited := _seconds_queued(job)) is not None:
         stages.record("queued", waited)
     events = EventLog(job.connection)
@@ -53,12 +55,20 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         settings = load_settings()
         reporter = _ProgressReporter(events, spec, build_timeline(
             spec.storyboard, settings.render.fps, branding=settings.branding))
+        steps = StepTimes(clock=stages.clock)
+
+        def on_step(scene_index: int, step: int, count: int) -> None:
+            steps.step(scene_index, step, count)  # first: publishing takes time too
+            reporter.step(scene_index, step, count)
+
+        render_started = stages.clock()
         result = render_to_folder(
             spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
             timeline_ready=reporter.use_timeline,
-            on_step=reporter.step, should_stop=lambda: cancel_requested(job.connection,
-                                                                        spec.job_id),
+            on_step=on_step, should_stop=lambda: cancel_requested(job.connection,
+                                                                  spec.job_id),
             animatic=spec.animatic, stages=stages)
+        render_seconds = stages.clock() - render_started
     except JobCancelled:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",
                                    message=CANCELLED_MESSAGE))
@@ -99,6 +109,13 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
         ))
     stages.finish("finished", renderer=result.renderer,
                   model_scenes=len(result.generated_scenes))
+    try:  # for the queue's estimates; never at the cost of a finished video
+        record_render(job.connection, result.storyboard or spec.storyboard, result.plan,
+                      seconds=render_seconds, steps=steps, loading=stages.loading,
+                      preview=spec.animatic)
+    except redis.RedisError as exc:
+        log.warning("job %s: render cost not recorded (Redis: %s)", spec.job_id,
+                    exc.__class__.__name__)
     return files
 
 
@@ -108,6 +125,18 @@ def _seconds_queued(job: Job) -> float | None:
         return None
     taken = job.started_at or datetime.now(UTC)
     return max((taken - job.enqueued_at).total_seconds(), 0.0)
+
+
+class _JobStages(StageTimer):
+    """The job's stage timer, which also adds up the time spent loading pipelines: a worker
+    keeps them loaded, so the next job's estimate must not count it (engine/eta.py)."""
+
+    loading = 0.0
+
+    def record(self, stage: str, seconds: float, **fields: object) -> None:
+        if stage == "model_load":
+            self.loading += seconds
+        super().record(stage, seconds, **fields)
 
 
 class _ProgressReporter:

@@ -4,14 +4,22 @@ A worker process keeps every pipeline it has loaded (ResidentWorker never forks)
 second job on the same model starts denoising at once. When CUDA runs out of memory, a
 generation is retried one rung lower on a ladder — VAE tiling, then CPU offload, then a
 lower resolution — and the clip says what it gave up.
+
+A quality level's speed options (engine/presets.QualityOptions: attention backend, cache
+hooks, regional compile, a step-distilled LoRA, VAE tiling) are put on the shared pipeline
+before each generation by `apply_quality`, so pipelines at different levels share one copy
+of the weights.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,8 +36,15 @@ LADDER = (VAE_TILING, CPU_OFFLOAD, LOWER_RESOLUTION)
 LOWER_RESOLUTION_SCALE = 0.75
 NEGATIVE_PROMPT = "blurry, distorted, low quality, watermark, text, subtitles, gore"
 
+# Our attention names -> diffusers' backend names, and the module each one needs.
+ATTENTION_BACKENDS = {"native": "native", "flash3": "_flash_3", "sage": "sage"}
+ATTENTION_MODULES = {"flash3": "flash_attn_interface", "sage": "sageattention"}
+AUTO_ORDER = ("flash3", "sage")  # exact FA3 first; Sage quantizes (unmeasured order)
+
 _loaded: dict[tuple[str, str, str], object] = {}
 load_counts: Counter[tuple[str, str]] = Counter()  # (model_dir, class) -> loads, for tests
+# What apply_quality last put on each transformer (sibling pipelines share one).
+_applied: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -80,12 +95,151 @@ def load_pipeline(plan: DiffusionPlan, class_name: str, device: str):
             pipeline.enable_model_cpu_offload(device=device)
         else:
             pipeline.to(device)
-        if plan.vae_tiling:
-            _enable_vae_tiling(pipeline)
     pipeline.set_progress_bar_config(disable=True)
     _loaded[key] = pipeline
     log.info("loaded %s from %s on %s", class_name, plan.model_dir, device)
     return pipeline
+
+
+def attention_backend(asked: str, device: str) -> tuple[str, str]:
+    """Our name of the attention backend to use for `asked` on `device`, and why it is not
+    what was asked ("" when it is). "auto" takes the first of AUTO_ORDER installed."""
+    if asked == "native":
+        return "native", ""
+    if not device.startswith("cuda"):
+        return "native", f"attention {asked!r} needs CUDA; this worker runs on {device}"
+    if asked == "auto":
+        found = next((name for name in AUTO_ORDER
+                      if importlib.util.find_spec(ATTENTION_MODULES[name])), None)
+        if found is None:
+            return "native", ("attention 'auto': neither FlashAttention 3 "
+                              "(flash_attn_interface) nor SageAttention is installed")
+        return found, ""
+    if importlib.util.find_spec(ATTENTION_MODULES[asked]) is None:
+        return "native", f"attention {asked!r}: {ATTENTION_MODULES[asked]} is not installed"
+    return asked, ""
+
+
+def apply_quality(pipeline, plan: DiffusionPlan, device: str) -> None:
+    """Put the plan's quality options on the pipeline: attention backend, cache hooks, LoRA,
+    regional compile and VAE tiling. Cheap when they are already on (sibling pipelines and
+    scenes at one level share the transformer and find its state as they want it)."""
+    transformer = pipeline.transformer
+    state = _applied.setdefault(transformer, {"attention": "native", "cache": None,
+                                              "lora": "", "compiled": False})
+    # 1. Attention: diffusers' dispatch; "native" (SDPA) is what a fresh model runs.
+    attention, reason = attention_backend(plan.attention, device)
+    if reason:
+        log.info("%s; using native (PyTorch SDPA) attention", reason)
+    if attention != state["attention"]:
+        try:
+            _set_attention(pipeline, ATTENTION_BACKENDS[attention])
+        except (RuntimeError, ValueError) as exc:  # installed but unusable (version, GPU)
+            log.warning("attention %r failed (%s); using native attention", attention, exc)
+            attention = "native"
+            _set_attention(pipeline, "native")
+        state["attention"] = attention
+    # 2. Cache hooks: skip transformer work on steps that change little.
+    wanted = _cache_config(plan)
+    if state["cache"] != _cache_identity(plan):
+        for model in _denoisers(pipeline):
+            if model.is_cache_enabled:
+                model.disable_cache()
+            if wanted is not None:
+                model.enable_cache(wanted)
+        state["cache"] = _cache_identity(plan)
+    if wanted is not None:  # a cancelled generation can leave a half-filled cache behind
+        for model in _denoisers(pipeline):
+            model._reset_stateful_cache()
+    # 3. A step-distilled LoRA (plan_for checked the file is there and peft can load it).
+    if plan.lora != state["lora"]:
+        _use_lora(pipeline, plan.lora, state["lora"])
+        state["lora"] = plan.lora
+    # 4. Regional compile: once; compiled blocks stay compiled for every later level.
+    if plan.compile and not state["compiled"]:
+        if device.startswith("cuda"):
+            for model in _denoisers(pipeline):
+                model.compile_repeated_blocks(fullgraph=True)
+            state["compiled"] = True
+            log.info("compiled the repeated transformer blocks (regional torch.compile)")
+        else:
+            log.info("compile skipped: regional torch.compile runs on CUDA only, not %s",
+                     device)
+    # 5. VAE tiling when the level asks (generate's _restore switches it off again).
+    if plan.vae_tiling:
+        _enable_vae_tiling(pipeline)
+
+
+def applied_attention(pipeline) -> str:
+    """The attention backend apply_quality last set on the pipeline's transformer."""
+    return _applied.get(pipeline.transformer, {}).get("attention", "native")
+
+
+def warm_up(plan: DiffusionPlan, sizes: Sequence[tuple[int, int, int]], device: str,
+            class_name: str = "") -> int:
+    """One tiny generation per shape bucket (width, height, frames), so torch.compile has
+    compiled each shape before a teacher waits on it; returns the buckets run. Without
+    compile, or off CUDA, there is nothing to warm: it returns 0 at once and says so."""
+    if not plan.compile or not device.startswith("cuda"):
+        log.info("warm-up skipped: %s", "the quality does not compile" if not plan.compile
+                 else f"compile runs on CUDA only, not {device}")
+        return 0
+    class_name = class_name or plan.text_to_video or plan.image_to_video
+    pipeline = load_pipeline(plan, class_name, device)
+    apply_quality(pipeline, plan, device)
+    for width, height, frames in sizes:
+        arguments = dict(prompt="warm-up", width=width, height=height, num_frames=frames,
+                         num_inference_steps=2, guidance_scale=plan.guidance, output_type="latent",
+                         generator=torch.Generator("cpu").manual_seed(0))
+        if class_name in ("WanImageToVideoPipeline", "LTXImageToVideoPipeline"):
+            arguments["image"] = Image.new("RGB", (width, height))
+        pipeline(**arguments)
+        log.info("warmed up %s at %dx%d, %d frames", class_name, width, height, frames)
+    return len(sizes)
+
+
+def _denoisers(pipeline) -> list:
+    """The pipeline's transformers (Wan 2.2 A14B has a second one for low noise)."""
+    return [model for model in (getattr(pipeline, "transformer", None),
+                                getattr(pipeline, "transformer_2", None)) if model is not None]
+
+
+def _set_attention(pipeline, backend: str) -> None:
+    for model in _denoisers(pipeline):
+        model.set_attention_backend(backend)
+
+
+def _cache_identity(plan: DiffusionPlan) -> tuple | None:
+    if plan.cache == "none":
+        return None
+    return (plan.cache, plan.cache_threshold, plan.mag_ratios, plan.steps)
+
+
+def _cache_config(plan: DiffusionPlan):
+    from diffusers import FirstBlockCacheConfig, MagCacheConfig
+
+    if plan.cache == "first_block":
+        return FirstBlockCacheConfig(threshold=plan.cache_threshold)
+    if plan.cache == "mag":
+        return MagCacheConfig(threshold=plan.cache_threshold, mag_ratios=list(plan.mag_ratios),
+                              num_inference_steps=plan.steps)
+    return None
+
+
+def _use_lora(pipeline, lora: str, previous: str) -> None:
+    """Switch the LoRA adapters: `lora` on (loaded at first use), or all off for ""."""
+    if not lora:
+        pipeline.disable_lora()
+        log.info("LoRA %s off", Path(previous).name)
+        return
+    path = Path(lora)
+    adapter = path.stem.replace(".", "_")
+    if adapter not in pipeline.get_list_adapters().get("transformer", []):
+        pipeline.load_lora_weights(str(path.parent), weight_name=path.name,
+                                   adapter_name=adapter)
+    pipeline.enable_lora()
+    pipeline.set_adapters([adapter])
+    log.info("LoRA %s on", path.name)
 
 
 def generate(
@@ -123,6 +277,7 @@ def generate(
         output = pipeline(**arguments).frames[0]
         return _to_uint8(output, (plan.width, plan.height))
 
+    apply_quality(pipeline, plan, device)
     if on_step:
         on_step(0, plan.steps)  # "starting": the model is about to run
     # CPU offload means nothing on a CPU: that rung is skipped there.

@@ -219,12 +219,13 @@ def quality_report(
     video: Path, *, storyboard: Storyboard | None = None,
     cues: Sequence[tuple[float, float]] | None = None,
     scenes: Sequence[SceneSpan] | None = None, narration_expected: bool = False,
-    target_lufs: float = TARGET_LUFS,
+    target_lufs: float = TARGET_LUFS, speech: Sequence[tuple[float, float]] | None = None,
 ) -> QualityReport:
     """Check `video`. `scenes` are the rendered spans (see scene_spans); without them the
     storyboard's durations are used, and without a storyboard the video is one unknown
     span. `cues` are caption times in seconds (see cue_spans). `narration_expected`: a
-    missing or silent sound track is a problem, not a note."""
+    missing or silent sound track is a problem, not a note. `speech`: the seconds where the
+    voice speaks, which the captions should cover (by default, each narrated scene)."""
     header = read_header(video)
     samples = _sample(video, header)
     fps = header.fps
@@ -290,7 +291,7 @@ def quality_report(
 
     coverage = None
     if cues is not None:
-        coverage = _caption_coverage(spans, cues)
+        coverage = _caption_coverage(spans, cues, speech)
         if coverage is not None and coverage < MIN_CAPTION_COVERAGE:
             problems.append(Problem(code="captions", message=(
                 "The narration has no captions." if coverage == 0 else
@@ -552,10 +553,15 @@ def _frozen_stretches(times: np.ndarray, difference: np.ndarray, spans: Sequence
     return stretches
 
 
-def _caption_coverage(spans: Sequence[SceneSpan],
-                      cues: Sequence[tuple[float, float]]) -> float | None:
-    narrated = [(span.start + NARRATION_EDGE_SECONDS, span.end - NARRATION_EDGE_SECONDS)
-                for span in spans if span.narrated]
+def _caption_coverage(spans: Sequence[SceneSpan], cues: Sequence[tuple[float, float]],
+                      speech: Sequence[tuple[float, float]] | None = None) -> float | None:
+    """The share of narrated time with a caption. `speech`: where the voice speaks, when the
+    render knows it; else each narrated scene, less a breath at each end."""
+    if speech is not None:
+        narrated = [(start, end) for start, end in _merged(speech) if end > start]
+    else:
+        narrated = [(span.start + NARRATION_EDGE_SECONDS, span.end - NARRATION_EDGE_SECONDS)
+                    for span in spans if span.narrated]
     narrated = [(start, end) for start, end in narrated if end > start]
     total = sum(end - start for start, end in narrated)
     if not total:

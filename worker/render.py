@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import RenderError
+from engine.errors import RenderError, UserError
 from engine.metrics import StageTimer
 from engine.presets import DiffusionPlan, plan_for
 from engine.settings import Settings
@@ -78,6 +79,7 @@ class RenderResult:
     notes: list[str] = field(default_factory=list)  # what the teacher should know
     problems: list[str] = field(default_factory=list)  # what the quality check found
     storyboard: Storyboard | None = None  # as rendered: the durations the voice decided
+    plan: DiffusionPlan | None = None  # what the model scenes were made with (engine/eta.py)
 
 
 def render_to_folder(
@@ -96,7 +98,7 @@ def render_to_folder(
     prepare_output_dir(out_dir)
     font = font_file(settings.render.font_path)
     # None: no video model, or a preview: the animatic.
-    plan = None if animatic else plan_for(settings, storyboard.aspect)
+    plan = None if animatic else plan_for(settings, storyboard.aspect, storyboard.quality)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     notes: list[str] = []
     try:
@@ -106,6 +108,7 @@ def render_to_folder(
         narration = _narrate(storyboard, settings, staging / "narration")
         narration_seconds = stages.clock() - narration_started
         stages.record("narration", narration_seconds)
+        asked = storyboard  # the teacher's durations decide a model clip's frames (below)
         storyboard = narration.storyboard
         notes += narration.notes
         timeline = narration.timeline(build_timeline(storyboard, settings.render.fps,
@@ -113,7 +116,9 @@ def render_to_folder(
         if timeline_ready is not None:  # progress reports follow the timing the voice set
             timeline_ready(timeline)
         timed = _TimedRenderer(stages, on_step)
-        renderer = _renderer(storyboard, plan, settings, font, timed.step, should_stop)
+        # The clips are made at the teacher's durations and stretched to the voice's, so a
+        # change to the sound (a voice, its speed, a narration's words) re-renders no clip.
+        renderer = _renderer(asked, plan, settings, font, timed.step, should_stop)
         timed.renderer = renderer
         options = EncodeOptions(
             fps=settings.render.fps, crf=settings.render.crf,
@@ -150,10 +155,10 @@ def render_to_folder(
             contact_sheet(storyboard, stills.scenes, font).save(files["contact_sheet"], "PNG")
         with stages.stage("check"):
             spans = scene_spans(timeline, storyboard, scene_kinds(storyboard, plan))
-            problems = _quality_problems(staging, storyboard, timeline, spans,
-                                         narration.spoken, settings)
+            problems = _quality_problems(staging, storyboard, timeline, spans, narration,
+                                         settings)
             if not animatic:  # a quick preview is not for editing
-                build_bundle(staging, narration_wavs=narration.files or None, scenes=spans)
+                notes += _bundle(staging, narration, spans)
 
         with stages.stage("save"):
             published = {}
@@ -169,7 +174,7 @@ def render_to_folder(
         notes += [f"Scene {index + 1} was rendered with less memory: {', '.join(given_up)}."
                   for index, given_up in sorted(renderer.degraded.items())]
         return RenderResult(published, plan.preset, renderer.generated, notes, problems,
-                            storyboard)
+                            storyboard, plan)
     return RenderResult(published, "animatic", notes=notes, problems=problems,
                         storyboard=storyboard)
 
@@ -187,8 +192,10 @@ def _soundtrack(narration: NarrationAudio, timeline: Timeline, files: dict[str, 
     preview as AAC; return the notes (a missing track, silence)."""
     choice = pick_music(settings.audio, storyboard_music or None)
     notes = [choice.note] if choice.note else []
-    voice = ([VoiceClip(0.0, narration.track(timeline), narration.sample_rate)]
-             if narration.spoken else [])
+    track = narration.track(timeline) if narration.spoken else None
+    # A voice that said nothing (only punctuation to say) is no sound track.
+    voice = ([VoiceClip(0.0, track, narration.sample_rate)]
+             if track is not None and track.any() else [])
     if not voice and choice.path is None:
         return notes  # nothing to hear: the video stays without an audio track
     mixed = mix(voice, choice.path, timeline.seconds, settings.audio)
@@ -197,15 +204,28 @@ def _soundtrack(narration: NarrationAudio, timeline: Timeline, files: dict[str, 
     return notes + mixed.notes
 
 
+def _bundle(staging: Path, narration: NarrationAudio, spans: list) -> list[str]:
+    """The export bundle for editors; one that cannot be made is a note, never a failure."""
+    try:
+        build_bundle(staging, narration_wavs=narration.files or None, scenes=spans)
+    except (UserError, OSError, subprocess.SubprocessError) as exc:
+        log.warning("the export bundle could not be made: %s", exc)
+        return ["The export bundle for editors could not be made this time; the video is "
+                "fine."]
+    return []
+
+
 def _quality_problems(staging: Path, storyboard: Storyboard, timeline: Timeline,
-                      spans: list, narrated: bool, settings: Settings) -> list[str]:
+                      spans: list, narration: NarrationAudio, settings: Settings) -> list[str]:
     """Check the video as a viewer would see it and store the report as qc.json; return the
     problems as sentences. A check that cannot run never costs the video."""
+    speech = narration.speech_intervals(timeline)
     try:
         report = write_report(staging, storyboard=storyboard, scenes=spans,
-                              cues=cue_spans(timeline), narration_expected=narrated,
+                              cues=cue_spans(timeline), narration_expected=bool(speech),
+                              speech=speech if narration.spoken else None,
                               target_lufs=settings.audio.target_lufs)
-    except QualityCheckError as exc:
+    except (QualityCheckError, subprocess.SubprocessError) as exc:
         log.warning("the quality check could not run: %s", exc)
         (staging / OUTPUT_FILES["qc"]).write_text("{}", encoding="utf-8")
         return []

@@ -251,6 +251,9 @@ def choose_voice(
         voice, problem = _neural_voice(settings, presets, asked, language, explicit)
         if voice is not None:
             return voice, []
+    elif asked and not _fits(asked, language):
+        # An English voice reading Chinese says "Chinese letter" for every character.
+        problem = f"the voice {asked!r} does not speak {LANGUAGE_NAMES.get(language, language)}"
     elif asked:
         named = EspeakBackend({**espeak.voices, language: asked},
                               executable=espeak.executable, timeout=espeak.timeout)
@@ -264,6 +267,18 @@ def choose_voice(
     silent = ("the narration is silent: espeak-ng is not installed on the worker "
               "(apt install espeak-ng)")
     return None, [f"{problem}, and {silent}." if problem else f"{silent[0].upper()}{silent[1:]}."]
+
+
+# espeak-ng voice names by the language they speak (their first part, as `-v` takes them).
+VOICE_FAMILIES = {"en": ("en",), "zh": ("cmn", "zh", "yue", "hak")}
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
+
+def _fits(voice: str, language: str) -> bool:
+    """Whether an espeak-ng voice speaks `language` ("en-gb" English, "cmn-latn-pinyin"
+    Chinese); a language we do not know the voices of takes any."""
+    families = VOICE_FAMILIES.get(language)
+    return families is None or voice.lower().split("-")[0].split("_")[0] in families
 
 
 def _neural_voice(settings: Settings, presets: Mapping[str, VoicePreset], asked: str,
