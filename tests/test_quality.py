@@ -292,3 +292,30 @@ def test_a_model_edit_keeps_the_teachers_quality():
     fresh = answer_to_storyboard(answer, None, styles(), grade=None, title_card_seconds=2,
                                  salt="t:3")
     assert fresh.quality == ""
+
+
+def test_a_worker_warms_one_bucket_per_aspect_only_when_its_quality_compiles(
+        use_model, monkeypatch):
+    from worker import runner
+
+    settings = use_model()
+    assert runner.warm_up_worker(settings) == 0  # standard does not compile: nothing to do
+    asked = []
+
+    def fake_warm_up(plan, sizes, device):  # the seam: what the worker asks to be warmed
+        asked.append((plan.compile, sorted(sizes), device))
+        return len(sizes)
+
+    compiling = runner.plan_for
+
+    def plan_that_compiles(settings, aspect, quality=""):
+        return compiling(settings, aspect, quality).model_copy(update={"compile": True})
+
+    monkeypatch.setattr(runner, "plan_for", plan_that_compiles)
+    monkeypatch.setattr(pipelines, "warm_up", fake_warm_up)
+    assert runner.warm_up_worker(settings) == len(asked[0][1]) >= 2  # 16:9/9:16 differ
+    [(compiles, sizes, device)] = asked
+    assert compiles and device == "cpu"
+    assert {(w, h) for w, h, _frames in sizes} == {
+        (plan.width, plan.height) for aspect in ("16:9", "9:16", "1:1")
+        if (plan := plan_that_compiles(settings, aspect)) is not None}

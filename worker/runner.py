@@ -8,6 +8,7 @@ job loads stays loaded for the next one.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +20,13 @@ from rq.timeouts import TimerDeathPenalty
 
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RENDER_FUNCTION, render_queue
+from engine.presets import plan_for
 from engine.settings import Settings
+from engine.storyboard import ASPECTS
 from worker.gpu import GpuReading, is_cuda_fault, preflight_problem, read_gpu, reclaimable_mb
 from worker.heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
 
 EXIT_CUDA_FAULT = 3  # the supervisor restarts a worker that exits with this
 MAX_CUDA_FAULTS = 2  # runs of one job that may end in a CUDA fault before it fails
@@ -113,6 +118,8 @@ def run_worker(
         # renders in a background thread): time jobs out with a timer thread instead.
         worker.death_penalty_class = TimerDeathPenalty
     worker.preflight = gpu_preflight(settings)
+    if not burst:
+        warm_up_worker(settings)  # before the first job, so no teacher waits on a compile
     heartbeat = Heartbeat(worker, queue, interval_seconds=settings.queue.heartbeat_seconds,
                           renderer=renderer_name(settings), read_gpu=gpu_reader(settings),
                           waiting=lambda: worker.waiting_for)
@@ -121,6 +128,23 @@ def run_worker(
         return worker.work(burst=burst, logging_level=logging_level, with_scheduler=False)
     finally:
         heartbeat.stop()
+
+
+def warm_up_worker(settings: Settings) -> int:
+    """Compile each shape bucket this worker will render (one size per aspect, at the
+    preset's longest clip) when the configured quality compiles; return the buckets warmed.
+    torch is imported only then: an animatic worker never loads it."""
+    plans = [plan for aspect in ASPECTS if (plan := plan_for(settings, aspect)) is not None]
+    if not plans or not plans[0].compile:
+        return 0
+    from worker.pipelines import device_for, warm_up
+
+    sizes = sorted({(plan.width, plan.height, plan.max_frames) for plan in plans})
+    try:
+        return warm_up(plans[0], sizes, device_for(settings.diffusion.device))
+    except Exception:  # a failed warm-up costs speed, not the worker
+        log.exception("warm-up failed; the first render of each size compiles instead")
+        return 0
 
 
 def renderer_name(settings: Settings) -> str:
