@@ -25,18 +25,18 @@ import logging
 import re
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.errors import SettingsError, UserError
 from engine.llm import load_gguf, load_grammar
 from engine.moderation import ALLOWED, CATEGORIES, Verdict
 from engine.paths import CONFIG_DIR
+from engine.preset_files import read_presets
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,7 @@ class ClassifierPreset(BaseModel):
 
 @cache
 def load_classifier_presets(path: Path = PRESETS_FILE) -> dict[str, ClassifierPreset]:
-    presets = {}
-    for name, values in tomllib.loads(path.read_text(encoding="utf-8")).items():
-        try:
-            presets[name] = ClassifierPreset(name=name, **values)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            key = ".".join(str(part) for part in problem["loc"])
-            raise SettingsError(f"Classifier preset {name!r} in {path}: {key}: "
-                                f"{problem['msg']}.") from None
-    return presets
+    return read_presets(path, ClassifierPreset, "Classifier preset")
 
 
 # 2. The prompt, the grammar and the answer.

@@ -15,17 +15,16 @@ worker/narration_audio.py) speaks, measures, and asks this module for the plan.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import SettingsError
 from engine.paths import CONFIG_DIR
+from engine.preset_files import read_presets
 from engine.settings import Settings
 from engine.storyboard import MAX_SCENE_SECONDS, MIN_SCENE_SECONDS, Language, Storyboard
 from engine.timeline import Cue, Timeline, split_caption
@@ -64,17 +63,7 @@ class VoicePreset(BaseModel):
 
 @cache
 def load_voice_presets(path: Path = CONFIG_DIR / "voices.toml") -> dict[str, VoicePreset]:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    presets = {}
-    for name, values in data.items():
-        try:
-            presets[name] = VoicePreset(name=name, **values)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            key = ".".join(str(part) for part in problem["loc"])
-            raise SettingsError(f"Voice preset {name!r} in {path}: {key}: {problem['msg']}.") \
-                from None
-    return presets
+    return read_presets(path, VoicePreset, "Voice preset")
 
 
 def voice_folder(settings: Settings, preset: VoicePreset) -> Path:

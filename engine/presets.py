@@ -11,15 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.errors import SettingsError
 from engine.paths import CONFIG_DIR
+from engine.preset_files import read_presets
 from engine.settings import Settings
 
 PipelineClass = Literal[
@@ -227,17 +227,7 @@ def pipeline_class(folder: Path) -> str:
 
 @cache
 def load_presets(path: Path = CONFIG_DIR / "models.toml") -> dict[str, ModelPreset]:
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    presets = {}
-    for name, values in data.items():
-        try:
-            presets[name] = ModelPreset(name=name, **values)
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            key = ".".join(str(part) for part in problem["loc"])
-            raise SettingsError(f"Model preset {name!r} in {path}: {key}: {problem['msg']}.") \
-                from None
-    return presets
+    return read_presets(path, ModelPreset, "Model preset")
 
 
 def generation_size(width: int, height: int, aspect: str, family: str,
