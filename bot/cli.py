@@ -146,13 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("preset", nargs="?", help="the preset to pull")
     models.set_defaults(handler=_models)
 
+    from engine.presets import QUALITIES
+
     bench = commands.add_parser("bench", help="measure performance")
-    bench.add_argument("suite", choices=["compose", "render", "audio"], help="what to measure")
-    bench.add_argument("--model", type=Path, help="render: a pipeline folder (default: a "
-                       "random Wan built for the run)")
+    bench.add_argument("suite", choices=["compose", "render", "audio", "gpu"],
+                       help="what to measure (gpu: seconds per scene and share of the GPU's "
+                       "bf16 peak for each preset and quality level)")
+    bench.add_argument("--model", type=Path, help="render, gpu: a pipeline folder (render's "
+                       "default: a random Wan built for the run; gpu's: the installed presets)")
     bench.add_argument("--seconds", type=int, default=30, help="length of the test video")
-    bench.add_argument("--repeat", type=int, default=3, help="compose runs to time")
+    bench.add_argument("--repeat", type=int, default=3, help="compose runs to time; gpu: "
+                       "scenes timed per quality level, after a warm-up")
     bench.add_argument("--json", type=Path, help="also write the report to this file")
+    bench.add_argument("--preset", action="append", metavar="NAME", help="gpu: this preset "
+                       "only (repeatable; default: every preset whose weights are installed)")
+    bench.add_argument("--quality", action="append", type=_one_of(QUALITIES),
+                       metavar="LEVEL", help="gpu: this quality level only (repeatable)")
+    bench.add_argument("--random-weights", action="store_true", help="gpu: each preset's "
+                       "architecture at full size with random weights, no download needed")
+    bench.add_argument("--steps", type=int, metavar="N", help="gpu: denoising steps for "
+                       "every level and the baseline (default: each level's own)")
+    # For tests: run the gpu suite on a CPU, at the tiny size the settings ask for.
+    bench.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -330,6 +345,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_render(settings, args)
     if args.suite == "audio":
         return _bench_audio(settings, args)
+    if args.suite == "gpu":
+        return _bench_gpu(settings, args)
     report = {"machine": machine(), "compose": bench_compose(settings, seconds=args.seconds,
                                                              repeat=args.repeat),
               "demo": bench_demo_wall(seconds=args.seconds)}
@@ -374,6 +391,54 @@ def _bench_audio(settings, args: argparse.Namespace) -> int:
                       f"{audio['interpolation_seconds_per_output_second']:.3f} s per output "
                       "second")
     Console().print(table)
+    _write_report(args.json, report)
+    return 0
+
+
+def _bench_gpu(settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from engine.presets import QUALITIES
+    from worker.bench import bench_gpu, machine
+
+    if args.steps is not None and not 1 <= args.steps <= 200:
+        raise UserError("--steps must be 1-200.")
+    qualities = tuple(level for level in QUALITIES if level in (args.quality or QUALITIES))
+    gpu = bench_gpu(settings, presets=args.preset, qualities=qualities, steps=args.steps,
+                    model=args.model, random_weights=args.random_weights,
+                    scenes=args.repeat, allow_cpu=args.allow_cpu)
+    report = {"machine": machine(), "gpu": gpu}
+    peak = gpu["bf16_peak_tflops"]
+    where = f"{gpu['gpu'] or gpu['device']}, bf16 peak {f'{peak:g} TFLOPS' if peak else 'unknown'}"
+
+    def shown(value, form: str) -> str:
+        return "—" if value is None else format(value, form)
+
+    console = Console()
+    for preset in dict.fromkeys(row["preset"] for row in gpu["runs"]):  # one table each
+        rows = [row for row in gpu["runs"] if row["preset"] == preset]
+        first = rows[0]
+        table = Table(title=f"{preset}, {first['size']}, {first['frames']} frames "
+                            f"({first['model']}) on {where}")
+        for column in ("quality", "steps", "s/scene", "s/step", "TFLOP/step", "MFU %",
+                       "speed-up"):
+            table.add_column(column, justify="left" if column == "quality" else "right",
+                             min_width=len(column))
+        for row in rows:
+            table.add_row(row["quality"] + (" (degraded)" if "degraded" in row else ""),
+                          str(row["steps"]), f"{row['seconds_per_scene']:.2f}",
+                          shown(row["seconds_per_step"], ".3f"),
+                          shown(row["tflop_per_step"], ".1f"),
+                          shown(None if row["mfu"] is None else 100 * row["mfu"], ".1f"),
+                          f"{row['speedup_vs_diffusers_default']:.2f}x")
+        console.print(table)
+    console.print(f"Timed scenes per row: {gpu['scenes_per_level']}, after a warm-up. "
+                  "speed-up: the diffusers default row's s/scene (at standard's steps) over "
+                  "the row's. MFU: FLOPs per step (from the model's config) over s/step, "
+                  "against the GPU's dense bf16 peak.")
+    for skipped in gpu["skipped"]:
+        print(f"skipped {skipped['preset']}: {skipped['reason']}")
     _write_report(args.json, report)
     return 0
 

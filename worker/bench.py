@@ -1,8 +1,13 @@
-"""`lessonreel bench compose`: how fast the CPU path turns a storyboard into finished files.
+"""`lessonreel bench`: how fast each part of the system is.
 
-Two figures: compose + encode seconds per second of output video (target <= 0.15 at 832x480),
-and the wall time of a whole `lessonreel demo` run (a fresh process: start-up, drafting,
-the embedded Redis, the RQ job, every output file).
+compose: how fast the CPU path turns a storyboard into finished files. Two figures: compose
++ encode seconds per second of output video (target <= 0.15 at 832x480), and the wall time
+of a whole `lessonreel demo` run (a fresh process: start-up, drafting, the embedded Redis,
+the RQ job, every output file).
+render, audio: see `bench_render` and `bench_audio`.
+gpu: seconds per scene for each preset and quality level on a GPU, against a plain
+diffusers call, and the share of the GPU's bf16 peak the denoising loop reached
+(`bench_gpu`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 from pathlib import Path
 
 from engine.drafter import draft_storyboard
+from engine.errors import UserError
+from engine.presets import QUALITIES
 from engine.settings import Settings
 from worker.render import render_to_folder
 
@@ -221,3 +228,268 @@ def bench_audio(settings: Settings, *, seconds: int = 30, repeat: int = 3) -> di
         min(measure_interpolation(seconds=min(seconds, 10)) for _ in range(repeat)), 4)
     return report
 
+
+GPU_REFUSAL = ("bench gpu needs an NVIDIA GPU; none was found (on a CPU the "
+               "real-size models would run for hours).")
+BASELINE = "diffusers default"  # the row of a plain pipeline call, no quality options
+BENCH_PROMPT = "A slow camera pan across a green forest, soft light, educational animation."
+# The transformer configs of the presets' checkpoints (their transformer/config.json), for
+# --random-weights: speed is a matter of architecture, not of trained weights.
+RANDOM_ARCHITECTURES: dict[str, dict] = {
+    "wan2.1-t2v-1.3b": dict(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+        out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+        rope_max_seq_len=1024),
+}
+
+
+def bench_gpu(settings: Settings, presets: list[str] | None = None,
+              qualities: tuple[str, ...] = QUALITIES, steps: int | None = None, *,
+              model: Path | None = None, random_weights: bool = False, scenes: int = 2,
+              allow_cpu: bool = False) -> dict:
+    """Seconds per scene and per denoising step of each preset at each quality level, at the
+    preset's size and frames, loaded and run through the worker's own code (worker/
+    pipelines), beside a plain diffusers call at standard's steps ("diffusers default").
+
+    Each row also has the FLOPs of a step (worker/flops.py, from the model's config) and the
+    MFU: the share of the GPU's dense bf16 peak they make at the measured seconds per step.
+    A level with a cache skips transformer work yet is credited with every FLOP, so its MFU
+    is an effective figure and may exceed what the GPU did.
+
+    `presets` None: every preset whose weights are installed (with `random_weights`: every
+    preset of RANDOM_ARCHITECTURES, built at full size with random weights); `model`: the
+    pipeline in that folder instead. `steps` overrides every level's steps (and the
+    baseline's). Without CUDA it refuses, unless `allow_cpu` (for tests, at a tiny size).
+    """
+    import torch
+
+    if not torch.cuda.is_available() and not allow_cpu:
+        raise UserError(GPU_REFUSAL)
+    from engine.presets import load_presets
+    from worker.pipelines import device_for
+
+    if model is not None and random_weights:
+        raise UserError("Give --model or --random-weights, not both.")
+    known = load_presets()
+    names = presets or ([settings.diffusion.preset] if model else list(known))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(f"There is no preset {unknown[0]!r}; the presets are: "
+                        f"{', '.join(known)}.")
+    device = device_for(settings.diffusion.device)
+    report: dict = {"device": device, **_gpu_identity(device), "scenes_per_level": scenes,
+                    "runs": [], "skipped": []}
+    with tempfile.TemporaryDirectory(prefix="lessonreel-bench-gpu-") as scratch:
+        for name in names:
+            folder, why = _weights(settings, name, model, random_weights, Path(scratch))
+            if folder is None:
+                report["skipped"].append({"preset": name, "reason": why})
+                continue
+            label = "random weights" if random_weights else str(folder)
+            rows = _bench_preset(settings, name, folder, label, qualities, steps, scenes,
+                                 device, report["bf16_peak_tflops"])
+            if not rows:
+                report["skipped"].append({"preset": name, "reason": (
+                    f"{folder} is an image-to-video pipeline; bench gpu times text-to-video")})
+            report["runs"] += rows
+    if not report["runs"]:
+        raise UserError("No preset could be measured: " + "; ".join(
+            f"{s['preset']}: {s['reason']}" for s in report["skipped"]) + ".")
+    return report
+
+
+def _gpu_identity(device: str) -> dict:
+    """The GPU's name (NVML's, else torch's) and its dense bf16 peak, None off CUDA."""
+    if not device.startswith("cuda"):
+        return {"gpu": None, "bf16_peak_tflops": None}
+    import torch
+
+    from worker.flops import bf16_peak_tflops
+    from worker.gpu import read_gpu
+
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    reading = read_gpu(index)
+    name = reading.name if reading else torch.cuda.get_device_name(index)
+    return {"gpu": name, "bf16_peak_tflops": bf16_peak_tflops(name)}
+
+
+def _weights(settings: Settings, name: str, model: Path | None, random_weights: bool,
+             scratch: Path) -> tuple[Path | None, str]:
+    """The pipeline folder to measure for preset `name`, or None and why there is none."""
+    from engine.presets import load_presets
+
+    if model is not None:
+        return model, ""
+    if random_weights:
+        if name not in RANDOM_ARCHITECTURES:
+            return None, (f"no architecture recorded for random weights (only for "
+                          f"{', '.join(RANDOM_ARCHITECTURES)})")
+        return build_random_pipeline(name, scratch / name), ""
+    folder = settings.models_path / load_presets()[name].folder
+    if not (folder / "model_index.json").is_file():
+        return None, (f"its weights are not in {folder} ('lessonreel models pull {name}', "
+                      "or measure its architecture with --random-weights)")
+    return folder, ""
+
+
+def build_random_pipeline(preset: str, folder: Path) -> Path:
+    """Write preset's pipeline with random weights to `folder`: the transformer at full size
+    from RANDOM_ARCHITECTURES (in bf16), diffusers' default `AutoencoderKLWan` (Wan 2.1's
+    VAE), and the tiny Wan's tokenizer, scheduler (the real one) and a one-layer text encoder
+    as wide as the transformer's text input: it runs once per scene, not once per step."""
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from worker.synthetic import build_tiny_wan
+
+    config = RANDOM_ARCHITECTURES[preset]
+    build_tiny_wan(folder)  # then its transformer, VAE and text encoder are replaced
+    text_config = UMT5Config.from_pretrained(folder / "text_encoder")
+    text_config.d_model, text_config.num_layers = config["text_dim"], 1
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # random init is faster there
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        WanTransformer3DModel(**config).to(torch.bfloat16).save_pretrained(
+            folder / "transformer")
+        AutoencoderKLWan().save_pretrained(folder / "vae")
+        UMT5EncoderModel(text_config).save_pretrained(folder / "text_encoder")
+    return folder
+
+
+def _bench_preset(settings: Settings, name: str, folder: Path, label: str,
+                  qualities: tuple[str, ...], steps: int | None, scenes: int, device: str,
+                  peak: float | None) -> list[dict]:
+    """The baseline row, then one row per quality level, for one pipeline folder."""
+    from engine.presets import plan_for
+    from worker.pipelines import applied_attention, load_pipeline
+
+    options = settings.diffusion.model_copy(update={
+        "renderer": "diffusion", "preset": name, "model_path": str(folder.resolve()),
+        "steps": steps or settings.diffusion.steps, "cache_clips": False})
+    local = settings.model_copy(update={"diffusion": options})
+    standard = plan_for(local, "16:9", "standard")
+    if not standard.text_to_video:
+        return []  # an image-to-video pipeline: scenes with text alone never run on it
+    pipeline = load_pipeline(standard, standard.text_to_video, device)
+    # The baseline first, while the transformer is as diffusers made it: no quality option
+    # has touched it yet (a compiled block stays compiled).
+    rows = [_row(name, label, BASELINE, standard, device, peak, _time_scenes(
+        lambda seed, on_step, plan: _plain_call(pipeline, plan, seed, on_step),
+        standard, scenes, device), attention="native", cache="none", compile=False)]
+
+    def scene(seed: int, on_step, plan) -> tuple[str, ...]:
+        return _generate_scene(pipeline, plan, seed, on_step, device)
+
+    for level in qualities:
+        plan = plan_for(local, "16:9", level)
+        timing = _time_scenes(scene, plan, scenes, device)
+        rows.append(_row(name, label, level, plan, device, peak, timing,
+                         attention=applied_attention(pipeline), cache=plan.cache,
+                         compile=plan.compile))
+    baseline = rows[0]["seconds_per_scene"]
+    for row in rows:
+        row["speedup_vs_diffusers_default"] = round(baseline / row["seconds_per_scene"], 3)
+    _unload(standard.model_dir, device)
+    return rows
+
+
+def _plain_call(pipeline, plan, seed: int, on_step) -> tuple[str, ...]:
+    """A diffusers call as its documentation shows it, at the plan's size, steps, guidance."""
+    import torch
+
+    from worker.pipelines import NEGATIVE_PROMPT
+
+    def step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:
+        on_step(step + 1, plan.steps)
+        return tensors
+
+    on_step(0, plan.steps)
+    pipeline(prompt=BENCH_PROMPT, negative_prompt=NEGATIVE_PROMPT, width=plan.width,
+             height=plan.height, num_frames=plan.max_frames, num_inference_steps=plan.steps,
+             guidance_scale=plan.guidance, generator=torch.Generator("cpu").manual_seed(seed),
+             output_type="np", callback_on_step_end=step_end)
+    return ()
+
+
+def _generate_scene(pipeline, plan, seed: int, on_step, device: str) -> tuple[str, ...]:
+    """A scene as a render job makes it: quality options applied, the memory ladder armed."""
+    from worker.pipelines import generate
+
+    clip = generate(pipeline, plan, prompt=BENCH_PROMPT, image=None, frames=plan.max_frames,
+                    seed=seed, device=device, on_step=on_step)
+    return clip.degraded
+
+
+def _time_scenes(scene, plan, scenes: int, device: str) -> dict:
+    """One short warm-up scene (kernels chosen, blocks compiled), then `scenes` timed ones.
+    A step's seconds come from the step callbacks: between the end of the first step and the
+    end of the last, so the text encoder and the VAE's decoding are not in them."""
+    import torch
+
+    def sync() -> None:  # CUDA runs ahead of Python: a timestamp needs the work done
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    scene(0, lambda step, total: None, plan.model_copy(update={"steps": min(plan.steps, 2)}))
+    scene_seconds, step_seconds, degraded = [], [], set()
+    for seed in range(scenes):
+        marks: list[float] = []
+
+        def on_step(_step: int, _total: int, marks: list[float] = marks) -> None:
+            sync()
+            marks.append(time.perf_counter())
+
+        sync()
+        started = time.perf_counter()
+        degraded.update(scene(seed, on_step, plan))
+        sync()
+        scene_seconds.append(time.perf_counter() - started)
+        if len(marks) >= 3:  # marks: start, end of step 1, ..., end of step N
+            step_seconds.append((marks[-1] - marks[1]) / (len(marks) - 2))
+    return {"scene_seconds": scene_seconds, "step_seconds": step_seconds,
+            "degraded": sorted(degraded)}
+
+
+def _row(name: str, label: str, quality: str, plan, device: str, peak: float | None,
+         timing: dict, **options) -> dict:
+    from worker.flops import mfu, pipeline_step_flops
+
+    flops = pipeline_step_flops(plan.model_dir, width=plan.width, height=plan.height,
+                                frames=plan.max_frames, guidance=plan.guidance)
+    per_step = (statistics.mean(timing["step_seconds"]) if timing["step_seconds"] else None)
+    row = {
+        "preset": name, "model": label, "quality": quality, "device": device,
+        "size": f"{plan.width}x{plan.height}", "frames": plan.max_frames,
+        "steps": plan.steps, "guidance": plan.guidance, **options,
+        "scene_seconds": [round(t, 3) for t in timing["scene_seconds"]],
+        "seconds_per_scene": round(statistics.median(timing["scene_seconds"]), 4),
+        "seconds_per_step": None if per_step is None else round(per_step, 5),
+        "flops_per_step": flops,
+        "tflop_per_step": None if flops is None else round(flops / 1e12, 3),
+        "mfu": (round(mfu(flops, per_step, peak), 4)
+                if flops is not None and per_step and peak else None),
+    }
+    if timing["degraded"]:  # the memory ladder stepped in: these are not the plan's timings
+        row["degraded"] = timing["degraded"]
+    if plan.notes:
+        row["notes"] = list(plan.notes)
+    return row
+
+
+def _unload(model_dir: str, device: str) -> None:
+    """Let go of a measured pipeline before the next preset loads: worker/pipelines keeps
+    every pipeline for the worker's life, which a worker wants and a benchmark cannot afford."""
+    import gc
+
+    import torch
+
+    from worker import pipelines
+
+    for key in [key for key in pipelines._loaded if key[0] == model_dir]:
+        del pipelines._loaded[key]
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
