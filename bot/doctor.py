@@ -40,7 +40,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TextIO
 from urllib.parse import urlsplit
 
 import redis
@@ -53,8 +53,10 @@ from engine.presets import load_presets, plan_for
 from engine.settings import ENV_PREFIX, Settings, load_settings
 from engine.share import DEFAULT_PUBLIC_URL, MIN_SECRET_CHARS, SECRET_ENV, SECRET_FILE
 from engine.storyboard import LANGUAGES
-from worker.gpu import GpuReading, preflight_problem, read_gpu
-from worker.tts import EspeakBackend  # numpy only: torch loads when a neural voice speaks
+from worker.gpu import GpuReading, nvml_driver_version, preflight_problem, read_gpu
+
+if TYPE_CHECKING:
+    from worker.tts import EspeakBackend
 
 ROLES = ("bot", "worker", "web", "all")
 Status = Literal["ok", "warn", "fail"]
@@ -87,23 +89,6 @@ class Check:
 def _problem(name: str, detail: str, fix: str, *, required: bool) -> Check:
     """A problem fails the role that needs the thing checked, and only warns the others."""
     return Check(name, "fail" if required else "warn", detail, fix)
-
-
-def nvml_driver_version() -> str | None:
-    """The NVIDIA driver's version through NVML, or None where there is none."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            version = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
-        return None
-    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def _ffmpeg_exe() -> str:
@@ -481,6 +466,8 @@ def check_voice(settings: Settings, *,
         setting = ("narration.enabled = false" if not options.enabled
                    else "narration.backend = none")
         return Check(name, "ok", f"{setting}: videos have no narration")
+    from worker.tts import EspeakBackend  # numpy: not loaded by every `lessonreel` start
+
     espeak = EspeakBackend()
     espeak_path = find_program(espeak.executable)
     presets = load_voice_presets()

@@ -116,3 +116,14 @@ def wait_until(predicate, seconds: float, what: str):
             return value
         time.sleep(0.05)
     pytest.fail(f"waited {seconds} s for {what}")
+
+
+def with_settings(service, **changes):
+    """The chat service with some settings changed: with_settings(s, bot={"x": 1})."""
+    settings = service.settings
+    for section, values in changes.items():
+        settings = settings.model_copy(update={section: getattr(settings, section).model_copy(
+            update=values)})
+    service.settings = settings
+    return service
+

@@ -29,6 +29,7 @@ from engine.batch import BatchError, read_batch
 from engine.drafter import styles
 from engine.jobs import render_queue
 from engine.llm import Answer, AnswerScene
+from tests.conftest import with_settings
 
 TEACHER = Author("U1", "Ms Chen")
 HEADER = "title,request,duration,language,aspect,priority"
@@ -37,16 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def service(runtime):
-    return _with(runtime.service, bot={"max_queued_jobs": 100})
+    return with_settings(runtime.service, bot={"max_queued_jobs": 100})
 
 
-def _with(service, **changes):
-    settings = service.settings
-    for section, values in changes.items():
-        settings = settings.model_copy(update={section: getattr(settings, section).model_copy(
-            update=values)})
-    service.settings = settings
-    return service
 
 
 def place(thread: str = "t1") -> Place:
@@ -222,7 +216,7 @@ def test_a_storyboard_the_language_model_made_unsafe_is_not_queued(service, runt
 ])
 def test_a_file_that_cannot_be_used_gets_one_sentence_and_nothing_is_queued(
         service, runtime, case, data, sentence):
-    _with(service, batch={"max_rows": 5, "max_bytes": 1024})
+    with_settings(service, batch={"max_rows": 5, "max_bytes": 1024})
     [answer] = batch_from_file(service, place(), TEACHER, data, "upload.csv")
     assert answer.text.startswith(f"“upload.csv”: {sentence}"), answer.text
     assert "\n" not in answer.text and len(re.split(r"(?<!e\.g)\. ", answer.text)) == 1
@@ -241,7 +235,7 @@ def test_a_file_too_large_is_answered_before_it_is_fetched_and_csv_files_are_tol
 
 
 def test_a_student_may_not_send_a_batch_and_an_unsafe_file_name_is_refused(service, runtime):
-    _with(service, roles={"students": ["test:S1"]})
+    with_settings(service, roles={"students": ["test:S1"]})
     data = csv_bytes("A,Explain rain to grade 3,,,,")
     [refused] = batch_from_file(service, place(), Author("S1"), data, "rain.csv")
     assert "watch" in refused.text
@@ -252,7 +246,7 @@ def test_a_student_may_not_send_a_batch_and_an_unsafe_file_name_is_refused(servi
 
 def test_rows_beyond_the_batchs_share_of_the_queue_are_reported_and_high_rows_get_the_room(
         service, runtime):
-    _with(service, bot={"max_queued_jobs": 5})  # a batch leaves 2 places free: 3 for it
+    with_settings(service, bot={"max_queued_jobs": 5})  # a batch leaves 2 places free: 3 for it
     data = csv_bytes(*[f"Normal {n},Explain rain to grade {n},,,," for n in range(2, 6)],
                      "Urgent,Explain snow to grade 4,,,,HIGH")
     [summary] = batch_from_file(service, place(), TEACHER, data, "week.csv")
@@ -266,7 +260,7 @@ def test_rows_beyond_the_batchs_share_of_the_queue_are_reported_and_high_rows_ge
 
 def test_one_teachers_big_batch_leaves_room_on_the_queue_for_another_teachers_render(
         service, runtime):
-    _with(service, bot={"max_queued_jobs": 20})
+    with_settings(service, bot={"max_queued_jobs": 20})
     data = csv_bytes(*[f"Lesson {n},Explain {TOPICS[n % len(TOPICS)]} to grade {5 + n % 4},,,,"
                        for n in range(25)])
     [summary] = batch_from_file(service, place("a"), TEACHER, data, "term.csv")
@@ -284,7 +278,7 @@ def test_one_teachers_big_batch_leaves_room_on_the_queue_for_another_teachers_re
 
 
 def test_a_chinese_batch_is_told_in_chinese_that_the_queue_is_busy(service, runtime):
-    _with(service, bot={"max_queued_jobs": 3})  # a batch leaves 2 places free: 1 for it
+    with_settings(service, bot={"max_queued_jobs": 3})  # a batch leaves 2 places free: 1 for it
     data = csv_bytes("光合作用,给初一学生讲解光合作用,30秒,zh,,",
                      "浮力,给初二学生讲解浮力,30秒,zh,,")
     [summary] = batch_from_file(service, place(), TEACHER, data, "物理.csv")
@@ -293,7 +287,7 @@ def test_a_chinese_batch_is_told_in_chinese_that_the_queue_is_busy(service, runt
 
 
 def test_rows_beyond_the_render_minutes_left_today_are_reported(service, runtime):
-    _with(service, bot={"render_minutes_per_day": 2})
+    with_settings(service, bot={"render_minutes_per_day": 2})
     key = gpu_seconds_key("test", TEACHER.id, time.time())
     runtime.connection.set(key, 90)  # 30 s left: about one render at 60 s a render
     data = csv_bytes("One,Explain rain to grade 3,,,,", "Two,Explain snow to grade 3,,,,",

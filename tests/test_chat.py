@@ -20,6 +20,7 @@ from bot.web import share_app
 from engine.events import EventLog, RenderEvent
 from engine.jobs import render_queue
 from engine.share import share_secret, share_url, sign, verify
+from tests.conftest import with_settings
 from worker.runner import run_worker
 
 REQUEST = "Explain photosynthesis to grade 7 in 30 seconds"
@@ -611,17 +612,10 @@ def test_ordinary_lessons_on_sensitive_curriculum_pass(service):
 # -- roles and quotas ----------------------------------------------------------------------
 
 
-def _with(service, **changes):
-    settings = service.settings
-    for section, values in changes.items():
-        settings = settings.model_copy(update={section: getattr(settings, section).model_copy(
-            update=values)})
-    service.settings = settings
-    return service
 
 
 def test_students_may_only_watch_and_admins_see_and_cancel_everything(service, runtime):
-    _with(service, roles={"admins": ["test:A1"], "students": ["test:S1"],
+    with_settings(service, roles={"admins": ["test:A1"], "students": ["test:S1"],
                           "teachers": ["test:U1", "slack-team:T9"]})
     [refused] = service.message(place("s"), Author("S1"), REQUEST)
     assert "watch" in refused.text and refused.card is None
@@ -646,7 +640,7 @@ def test_students_may_only_watch_and_admins_see_and_cancel_everything(service, r
 
 
 def test_a_teacher_over_the_active_render_limit_is_told_how_it_frees(service):
-    _with(service, bot={"max_active_jobs_per_teacher": 2})
+    with_settings(service, bot={"max_active_jobs_per_teacher": 2})
     for thread in ("a", "b", "c"):
         service.message(place(thread), TEACHER, REQUEST)
     first = service.message(place("a"), TEACHER, "render")[0]
@@ -660,7 +654,7 @@ def test_a_teacher_over_the_active_render_limit_is_told_how_it_frees(service):
 
 
 def test_a_teacher_over_the_daily_render_time_is_told_when_it_resets(service, runtime):
-    _with(service, bot={"render_minutes_per_day": 2})
+    with_settings(service, bot={"render_minutes_per_day": 2})
     notifier = RecordingNotifier()
     relay_ = relay(runtime, notifier)
     service.message(place("a"), TEACHER, REQUEST)
@@ -722,7 +716,7 @@ def test_a_teacher_makes_and_revokes_links_and_remixes_a_past_video(service, run
 
 
 def test_an_admin_changes_roles_in_chat_and_the_settings_admins_stay(service):
-    _with(service, roles={"admins": ("slack:UA", "slack-team:TSTAFF")})
+    with_settings(service, roles={"admins": ("slack:UA", "slack-team:TSTAFF")})
 
     def slack(thread: str = "t") -> Place:
         return Place("slack", "C1", thread)
@@ -753,6 +747,6 @@ def test_an_admin_changes_roles_in_chat_and_the_settings_admins_stay(service):
     [usage] = service.message(slack("r"), admin, "/role boss slack:U5")
     assert "role teacher slack:U123" in usage.text
     # On Telegram "@name" is not an id: the usage, not a role for "telegram:alice".
-    _with(service, roles={"admins": ("telegram:1",)})
+    with_settings(service, roles={"admins": ("telegram:1",)})
     [telegram] = service.message(Place("telegram", "1", ""), Author("1"), "/role student @alice")
     assert "role teacher slack:U123" in telegram.text

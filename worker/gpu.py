@@ -48,6 +48,23 @@ def read_gpu(index: int) -> GpuReading | None:
                       memory.total // 2**20, memory.free // 2**20, int(temperature))
 
 
+def nvml_driver_version() -> str | None:
+    """The NVIDIA driver's version through NVML, or None where there is none."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
 def reclaimable_mb(index: int) -> int:
     """GPU memory this process's torch holds cached but unused: NVML counts it as taken."""
     torch = sys.modules.get("torch")  # a process that never imported torch holds none
