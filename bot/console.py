@@ -12,6 +12,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from rich.console import Console
 
@@ -37,6 +38,14 @@ class ConsoleNotifier:
 
     async def edit_status(self, route: Route, ref: str, text: str) -> None:
         self._show(text)
+
+    async def show_preview(self, route: Route, ref: str | None, picture: Path,
+                           caption: str) -> str:
+        self._show(f"{caption} {picture}")  # a terminal can open the file while it lasts
+        return "live"
+
+    async def remove_preview(self, route: Route, ref: str) -> None:
+        """Nothing to remove: printed lines stay."""
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:
         self._show(delivery.text)

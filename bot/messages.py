@@ -58,6 +58,8 @@ SAY: dict[str, dict[str, str]] = {
         "progress_steps": "Rendering version {version}: scene {scene}/{scenes}, step "
                           "{step}/{steps} ({percent}%)",
         "progress": "Rendering version {version}: {percent}%",
+        "live_preview": ("Live preview of scene {scene}/{scenes} at step {step}/{steps}: rough "
+                         "and blurry on purpose; the video will be sharp."),
         "done_status": "Rendered version {version}.",
         "done": "Your video is ready: {title} ({total}).",
         "done_preview": "Your preview is ready: {title} ({total}). Press Render for the full "
@@ -176,6 +178,8 @@ SAY: dict[str, dict[str, str]] = {
         "progress_steps": "正在渲染第 {version} 版：场景 {scene}/{scenes}，步骤 {step}/{steps}"
                           "（{percent}%）",
         "progress": "正在渲染第 {version} 版：{percent}%",
+        "live_preview": ("场景 {scene}/{scenes} 的实时预览（步骤 {step}/{steps}）："
+                         "粗略模糊是正常的，成片会清晰。"),
         "done_status": "第 {version} 版已渲染完成。",
         "done": "视频做好了：{title}（{total}）。",
         "done_preview": "预览做好了：{title}（{total}）。按“渲染”生成完整视频。",

@@ -81,6 +81,23 @@ class Notifier(Protocol):
         """Post the final message: the preview where it fits, the link always."""
 
 
+class LivePreviews(Protocol):
+    """What an adapter that can show pictures adds: one live preview message per job, its
+    picture replaced as the render goes, removed when the result is posted."""
+
+    async def show_preview(self, route: Route, ref: str | None, picture: Path,
+                           caption: str) -> str:
+        """Post the live preview message (`ref` None) or replace its picture; return the
+        ref to use next time (it may change: a Slack picture is a new file each time)."""
+
+    async def remove_preview(self, route: Route, ref: str) -> None:
+        """Delete the live preview message: the result takes its place."""
+
+
+def live_preview_key(job_id: str) -> str:
+    return f"{PREFIX}live-preview:{job_id}"
+
+
 def status_text(route: Route, event: RenderEvent) -> str:
     lang, version = route.language, route.version
     if event.kind == "finished":
@@ -115,6 +132,7 @@ class EventRelay:
         self.routes = RouteStore(connection)
         self.only = only  # a further filter on which jobs are this reader's
         self._last_edit: dict[str, float] = {}
+        self._last_preview: dict[str, float] = {}
         self._retries: dict[str, _Retry] = {}  # pending entries whose final message failed
 
     def ensure_group(self, *, start: str = "$") -> None:
@@ -234,6 +252,8 @@ class EventRelay:
         if event.is_final:
             await self._final(route, event)
             return
+        if event.preview:
+            await self._show_preview(route, event)
         now = time.monotonic()
         if now - self._last_edit.get(route.job_id, 0.0) < self.settings.bot.status_interval_seconds:
             return
@@ -279,7 +299,47 @@ class EventRelay:
         await asyncio.to_thread(self.redis.set, key, text, ex=DELIVERED_TTL_SECONDS)
         return True
 
+    async def _show_preview(self, route: Route, event: RenderEvent) -> None:
+        """Replace the job's live preview picture, at most every live_preview_seconds. A
+        courtesy: whatever goes wrong is logged, and the render's news goes on."""
+        every = self.settings.bot.live_preview_seconds
+        now = time.monotonic()
+        if (not every or route.batch or not hasattr(self.notifier, "show_preview")
+                or now - self._last_preview.get(route.job_id, -every) < every):
+            return
+        picture = media_file(self.settings, route.job_id, event.preview)
+        if picture is None:  # the render finished meanwhile and removed it, or a bad name
+            return
+        key = live_preview_key(route.job_id)
+        ref = await asyncio.to_thread(self.redis.get, key)
+        caption = say(route.language, "live_preview", scene=event.scene, scenes=event.scenes,
+                      step=event.step, steps=event.steps)
+        try:
+            new = await self.notifier.show_preview(route, ref.decode() if ref else None,
+                                                   picture, caption)
+        except Exception:
+            log.warning("the live preview of job %s was not shown", route.job_id,
+                        exc_info=True)
+            return
+        self._last_preview[route.job_id] = now
+        await asyncio.to_thread(self.redis.set, key, new, ex=DELIVERED_TTL_SECONDS)
+
+    async def _remove_preview(self, route: Route) -> None:
+        self._last_preview.pop(route.job_id, None)
+        key = live_preview_key(route.job_id)
+        ref = await asyncio.to_thread(self.redis.get, key)
+        if ref is None or not hasattr(self.notifier, "remove_preview"):
+            return
+        try:
+            await self.notifier.remove_preview(route, ref.decode())
+        except Exception:  # already deleted by someone: the result matters, not this
+            log.warning("the live preview of job %s was not removed", route.job_id,
+                        exc_info=True)
+        await asyncio.to_thread(self.redis.delete, key)
+
     async def _final(self, route: Route, event: RenderEvent) -> None:
+        self._last_edit.pop(route.job_id, None)
+        await self._remove_preview(route)
         delivered = f"{PREFIX}delivered:{route.job_id}"
         if await asyncio.to_thread(self.redis.exists, delivered):
             # A repeat (a restart between posting and acknowledging): nothing to post, but

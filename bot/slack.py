@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 from slack_bolt.async_app import AsyncApp
@@ -468,6 +469,51 @@ class SlackBot:
             # Deleted by someone, too old to edit, still rate-limited after the retries: one
             # status line is lost, and the result must still be posted after it.
             log.warning("status of job %s not edited: %s", route.job_id,
+                        exc.response.get("error"))
+
+    async def show_preview(self, route: Route, ref: str | None, picture: Path,
+                           caption: str) -> str:
+        """A Slack message cannot change its file, but an image block can show a file by id:
+        each picture is uploaded unshared, the preview message's image block is pointed at
+        it, and the previous picture's file is deleted. The ref is "<message ts> <file id>"."""
+        uploaded = await self.client.files_upload_v2(
+            content=picture.read_bytes(), filename=f"{route.job_id}-live.jpg", title=caption)
+        file_id = uploaded["files"][0]["id"]
+        blocks = [{"type": "section", "text": {"type": "plain_text", "text": caption}},
+                  {"type": "image", "slack_file": {"id": file_id}, "alt_text": caption}]
+        ts, old_file = ref.split(" ", 1) if ref else (None, None)
+        try:
+            if ts is not None:
+                try:
+                    await self.client.chat_update(channel=route.place.chat, ts=ts,
+                                                  text=escape(caption), blocks=blocks)
+                except SlackApiError as exc:  # deleted by someone: post a new one
+                    log.info("live preview of job %s not edited (%s); posting anew",
+                             route.job_id, exc.response.get("error"))
+                    ts = None
+            if ts is None:
+                posted = await self.client.chat_postMessage(
+                    channel=route.place.chat, thread_ts=route.place.thread or None,
+                    text=escape(caption), blocks=blocks)
+                ts = posted["ts"]
+        except Exception:
+            await self._delete_file(file_id)  # shown nowhere: not left behind
+            raise
+        if old_file:
+            await self._delete_file(old_file)
+        return f"{ts} {file_id}"
+
+    async def remove_preview(self, route: Route, ref: str) -> None:
+        ts, file_id = ref.split(" ", 1)
+        with contextlib.suppress(SlackApiError):  # already deleted: nothing to remove
+            await self.client.chat_delete(channel=route.place.chat, ts=ts)
+        await self._delete_file(file_id)
+
+    async def _delete_file(self, file_id: str) -> None:
+        try:
+            await self.client.files_delete(file=file_id)
+        except SlackApiError as exc:
+            log.warning("live preview file %s not deleted: %s", file_id,
                         exc.response.get("error"))
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:

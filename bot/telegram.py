@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 from telegram import (
@@ -26,6 +27,7 @@ from telegram import (
     ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaPhoto,
     Message,
     ReplyParameters,
     Update,
@@ -438,6 +440,33 @@ class TelegramBot:
                             route.job_id, exc)
                 return
             raise
+
+    async def show_preview(self, route: Route, ref: str | None, picture: Path,
+                           caption: str) -> str:
+        data = picture.read_bytes()
+        where = self._where(route.place, None)
+        if ref is not None:
+            try:
+                await with_flood_control(lambda: self.bot.edit_message_media(
+                    media=InputMediaPhoto(data, caption=_fit(caption, CAPTION_LIMIT)),
+                    chat_id=where["chat_id"], message_id=int(ref)))
+                return ref
+            except BadRequest as exc:
+                if "not modified" in str(exc).lower():
+                    return ref
+                # Deleted by someone, or too old: a new preview message takes its place.
+                log.info("live preview %s of job %s not edited (%s); posting anew", ref,
+                         route.job_id, exc)
+        sent = await with_flood_control(lambda: self.bot.send_photo(
+            photo=data, caption=_fit(caption, CAPTION_LIMIT), disable_notification=True,
+            **where))
+        await asyncio.to_thread(self._remember, route.place, sent)
+        return str(sent.message_id)
+
+    async def remove_preview(self, route: Route, ref: str) -> None:
+        with contextlib.suppress(BadRequest):  # already gone: nothing to remove
+            await with_flood_control(lambda: self.bot.delete_message(
+                chat_id=self._where(route.place, None)["chat_id"], message_id=int(ref)))
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:
         try:

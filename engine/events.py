@@ -31,6 +31,8 @@ class RenderEvent(BaseModel):
     outputs: dict[str, str] = {}  # for "finished": name -> file path
     notes: list[str] = []  # for "finished": what the teacher should know (e.g. degraded)
     seconds: float | None = None  # for "finished": the video's length (the voice may retime)
+    # For "progress": the live preview picture, a file name in the job's media folder.
+    preview: str = Field("", max_length=64)
     at: float = Field(default_factory=time.time)
 
     @property

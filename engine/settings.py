@@ -81,6 +81,8 @@ class DiffusionSettings(_Section):
     cache_clips: bool = True
     # The quality level a storyboard renders at unless the teacher picked one.
     quality: Literal["draft", "standard", "high"] = "standard"
+    # A rough picture of each model scene every this many denoising steps (0: none).
+    live_preview_every_steps: int = Field(5, ge=0, le=200)
 
 
 class GpuSettings(_Section):
@@ -100,6 +102,9 @@ class QueueSettings(_Section):
 class BotSettings(_Section):
     # A render's status message is edited at most this often (platform rate limits).
     status_interval_seconds: float = Field(2.0, ge=0.2, le=60.0)
+    # Show the worker's live previews in the thread, replacing the picture at most this
+    # often (an upload each time: Slack allows about 20 a minute). 0: never show them.
+    live_preview_seconds: float = Field(10.0, ge=0.0, le=3600.0)
     # Jobs waiting on the queue beyond which a new render is refused politely.
     max_queued_jobs: int = Field(20, ge=1, le=10_000)
     # Largest image a teacher may send for a scene.

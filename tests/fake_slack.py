@@ -121,7 +121,8 @@ class FakeSlack(LocalService):
         self._views: dict[str, dict[str, Any]] = {}
         self._reactions: list[dict[str, Any]] = []
         self._pending_files: dict[str, dict[str, Any]] = {}
-        self._uploads: list[dict[str, Any]] = []
+        self._uploads: list[dict[str, Any]] = []  # without the deleted ones
+        self._deleted_files: list[str] = []
         self._users: dict[str, dict[str, Any]] = {}
         self._channels: dict[str, dict[str, Any]] = {}
         self._faults: dict[str, deque[_Fault]] = {}
@@ -193,6 +194,11 @@ class FakeSlack(LocalService):
         """Every reaction added: dicts of channel, timestamp, name."""
         with self._lock:
             return _copy(self._reactions)
+
+    @property
+    def deleted_files(self) -> list[str]:
+        with self._lock:
+            return list(self._deleted_files)
 
     @property
     def uploads(self) -> list[dict[str, Any]]:
@@ -375,6 +381,7 @@ class FakeSlack(LocalService):
             "conversations.info": self._conversations_info,
             "files.getUploadURLExternal": self._files_get_upload_url_external,
             "files.completeUploadExternal": self._files_complete_upload_external,
+            "files.delete": self._files_delete,
         }
 
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -391,6 +398,8 @@ class FakeSlack(LocalService):
         if not any(args.get(key) for key in ("text", "blocks", "attachments", "markdown_text")):
             return {"ok": False, "error": "no_text"}
         with self._lock:
+            if self._shows_missing_file(args.get("blocks")):
+                return {"ok": False, "error": "invalid_blocks"}
             ts = self.next_ts()
             message = {
                 "type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "app_id": APP_ID,
@@ -409,6 +418,8 @@ class FakeSlack(LocalService):
             message = self._messages.get((channel or "", ts or ""))
             if message is None:
                 return {"ok": False, "error": "message_not_found"}
+            if self._shows_missing_file(args.get("blocks")):
+                return {"ok": False, "error": "invalid_blocks"}
             # As on Slack: blocks and attachments that are not sent are kept; [] removes them.
             if "text" in args:
                 message["text"] = _as_str(args["text"]) or ""
@@ -565,6 +576,28 @@ class FakeSlack(LocalService):
                                  f"{upload['file_id']}/{upload['filename']}",
                 })
         return {"ok": True, "files": answered}
+
+    def _shows_missing_file(self, blocks: Any) -> bool:
+        """Whether an image block points at a file that was never uploaded or is deleted."""
+        if isinstance(blocks, str):
+            try:
+                blocks = json.loads(blocks)
+            except ValueError:
+                return False
+        known = {upload["file_id"] for upload in self._uploads}
+        return any(isinstance(block, dict) and block.get("type") == "image"
+                   and (block.get("slack_file") or {}).get("id") not in known | {None}
+                   for block in blocks or [])
+
+    def _files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        file_id = _as_str(args.get("file"))
+        with self._lock:
+            kept = [u for u in self._uploads if u["file_id"] != file_id]
+            if len(kept) == len(self._uploads):
+                return {"ok": False, "error": "file_not_found"}
+            self._uploads[:] = kept
+            self._deleted_files.append(file_id)
+        return {"ok": True}
 
 
 # ----------------------------------------------------------------------- request parsing

@@ -506,6 +506,7 @@ class FakeTelegram(LocalService):
             self._callback_ids: set[str] = set()
             self._callback_numbers = itertools.count(1)
             self._sent_files: list[SentFile] = []
+            self._edited_media: list[tuple[int, int, bytes]] = []
             self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
             self._faults: dict[str, list[ApiError]] = {}
             self.webhook: dict[str, Any] | None = None
@@ -577,6 +578,12 @@ class FakeTelegram(LocalService):
     def message(self, chat_id: int, message_id: int) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self._messages[(chat_id, message_id)])
+
+    @property
+    def edited_media(self) -> list[tuple[int, int, bytes]]:
+        """(chat_id, message_id, new photo bytes) of each editMessageMedia, in order."""
+        with self._lock:
+            return list(self._edited_media)
 
     @property
     def sent_files(self) -> list[SentFile]:
@@ -1022,6 +1029,7 @@ class FakeTelegram(LocalService):
             "editMessageText": self._edit_message_text,
             "editMessageCaption": self._edit_message_caption,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
+            "editMessageMedia": self._edit_message_media,
             "deleteMessage": self._delete_message,
             "answerCallbackQuery": self._answer_callback_query,
             "sendChatAction": self._send_chat_action,
@@ -1291,6 +1299,28 @@ class FakeTelegram(LocalService):
         self, params: dict[str, Any], uploads: dict[str, Upload]
     ) -> dict:
         return self._apply_edit(self._editable(params), None, None, params)
+
+    def _edit_message_media(self, params: dict[str, Any], uploads: dict[str, Upload]) -> dict:
+        """Photos only (what the bot replaces): the new photo's sizes and caption. The new
+        bytes are kept in `edited_media`."""
+        message = self._editable(params)
+        if "text" in message:
+            raise bad_request("there is no media in the message to edit")
+        media = params.get("media")
+        if not isinstance(media, dict) or media.get("type") != "photo":
+            raise bad_request("can't parse InputMedia: photo expected by the fake")
+        data, _name, _mime = self._media_input("photo", {"photo": media.get("media")}, uploads)
+        if _open_image(data) is None:
+            raise bad_request("IMAGE_PROCESS_FAILED")
+        message["photo"] = self._photo_sizes(data, None, None)
+        caption = self._caption(media)
+        if caption is None:
+            message.pop("caption", None)
+        else:
+            message["caption"] = caption
+        message["edit_date"] = int(time.time())
+        self._edited_media.append((params.get("chat_id"), params.get("message_id"), data))
+        return copy.deepcopy(message)
 
     def _delete_message(self, params: dict[str, Any], uploads: dict[str, Upload]) -> bool:
         key = (params.get("chat_id"), params.get("message_id"))

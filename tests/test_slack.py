@@ -596,3 +596,66 @@ def test_when_the_edit_form_cannot_open_the_thread_says_how_to_edit(slack_bot):
     bot.press(card, "lr_edit")
     hint = bot.wait_for_text(thread, "Reply in this thread with your change")
     assert "make scene 2 shorter" in hint["text"]
+
+
+# -- live previews -------------------------------------------------------------------------
+
+
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_a_live_preview_is_one_message_whose_picture_is_replaced_and_removed_at_the_end(
+        slack_bot):
+    """The worker's side is played here (its pictures and events), so each step is seen;
+    the real worker then finishes the job."""
+    from engine.events import EventLog, RenderEvent
+    from tests.conftest import with_settings
+
+    bot, slack = slack_bot, slack_bot.slack
+    with_settings(bot.bot.relay, bot={"live_preview_seconds": 0.01})
+    thread = bot.mention(SHORT_REQUEST)
+    bot.press(bot.wait_for_card(thread, 1), "lr_render")
+    status = bot.wait_for_text(thread, "is queued")
+    connection = bot.runtime.connection
+    job = slack.wait_for(lambda s: next(
+        (key.decode().rsplit(":", 1)[1] for key in connection.scan_iter("lessonreel:status:*")
+         if connection.get(key) == status["ts"].encode()), None), message="the job's id")
+    folder = bot.runtime.settings.media_path / job
+    folder.mkdir(parents=True)
+    events = EventLog(connection)
+
+    def preview_at(step: int, colour: tuple[int, int, int]) -> bytes:
+        (folder / "live.jpg").write_bytes(data := jpeg(colour))
+        events.publish(RenderEvent(job_id=job, kind="progress", scene=1, scenes=2, step=step,
+                                   steps=6, fraction=0.1, preview="live.jpg"))
+        return data
+
+    def preview_message(s: FakeSlack) -> dict | None:
+        return next((m for m in bot.thread(thread) if any(
+            b["type"] == "image" for b in m.get("blocks") or [])), None)
+
+    red = preview_at(2, (200, 30, 30))
+    shown = slack.wait_for(preview_message, message="the live preview message")
+    [first] = slack.uploads
+    assert first["bytes"] == red and first["channel_id"] is None, "uploaded, shared nowhere"
+    assert [b["slack_file"]["id"] for b in shown["blocks"] if b["type"] == "image"] == [
+        first["file_id"]]
+    assert shown["text"].startswith("Live preview of scene 1/2 at step 2/6")
+
+    green = preview_at(4, (30, 200, 30))
+    slack.wait_for(lambda s: first["file_id"] in s.deleted_files, message="the old picture gone")
+    [second] = slack.uploads
+    assert second["bytes"] == green
+    edited = slack.messages[("C1", shown["ts"])]
+    assert [b["slack_file"]["id"] for b in edited["blocks"] if b["type"] == "image"] == [
+        second["file_id"]]
+    assert "step 4/6" in edited["text"]
+
+    bot.render()
+    slack.wait_for(lambda s: second["file_id"] in s.deleted_files and ("C1", shown["ts"])
+                   not in s.messages, message="the preview removed when the video came")
+    [video] = slack.wait_for(lambda s: s.uploads, message="the video, after the preview left")
+    assert video["filename"] == f"{job}-preview.mp4"

@@ -24,7 +24,7 @@ from bot.messages import COMMANDS
 from bot.runtime import build_runtime
 from bot.telegram import TelegramBot, redact_token_in_logs
 from bot.web import share_app
-from engine.events import STREAM
+from engine.events import STREAM, EventLog, RenderEvent
 from engine.jobs import render_queue
 from tests.fake_telegram import FakeTelegram, updates_of
 from tests.local_server import LocalServer
@@ -859,3 +859,50 @@ def test_a_chat_of_students_may_only_watch(fake, start_bot, make_runtime, monkey
     assert "Videos are made by teachers" in refused["text"]
     card = say_to(fake, TEACHER, REQUEST, containing="version 1")  # another chat: a teacher
     assert buttons(card)
+
+
+# -- live previews -------------------------------------------------------------------------
+
+
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_a_live_preview_is_one_photo_replaced_as_the_render_goes_and_gone_at_the_end(
+        fake, make_runtime, start_bot, monkeypatch):
+    """The worker's side is played here (its pictures and events), so each step is seen;
+    the real worker then finishes the job."""
+    monkeypatch.setenv("LESSONREEL_BOT__LIVE_PREVIEW_SECONDS", "0.01")
+    runtime = make_runtime()
+    start_bot(runtime)
+    say_to(fake, TEACHER, REQUEST, containing="version 1")
+    status = say_to(fake, TEACHER, "render", containing="queued")
+    job = job_of(fake, runtime, status["message_id"])
+    folder = runtime.settings.media_path / job
+    folder.mkdir(parents=True)
+    events = EventLog(runtime.connection)
+
+    def preview_at(step: int, colour: tuple[int, int, int], name: str = "live.jpg") -> bytes:
+        (folder / "live.jpg").write_bytes(data := jpeg(colour))
+        events.publish(RenderEvent(job_id=job, kind="progress", scene=1, scenes=3, step=step,
+                                   steps=6, fraction=0.1, preview=name))
+        return data
+
+    red = preview_at(2, (200, 30, 30))
+    photo = fake.wait_for(lambda: next((f for f in fake.sent_files if f.kind == "photo"), None),
+                          what="the live preview")
+    assert photo.data == red
+    assert photo.caption.startswith("Live preview of scene 1/3 at step 2/6")
+    preview_at(3, (0, 0, 0), name="../../secret.jpg")  # hostile: resolved in the media root
+    green = preview_at(4, (30, 200, 30))
+    fake.wait_for(lambda: fake.edited_media, what="the picture replaced")
+    assert fake.edited_media == [(TEACHER, photo.message_id, green)]  # not the secret one
+    assert "step 4/6" in fake.message(TEACHER, photo.message_id)["caption"]
+    assert [f.kind for f in fake.sent_files] == ["photo"], "one preview message, edited"
+
+    render(runtime)
+    fake.wait_for(lambda: fake.sent_videos, 30, what="the video")
+    assert (TEACHER, photo.message_id) not in fake.messages, "the video took its place"
+    assert not (folder / "live.jpg").exists()

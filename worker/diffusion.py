@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from engine.presets import DiffusionPlan
 from engine.storyboard import Scene, Storyboard
@@ -29,6 +30,7 @@ from worker.frames import FrameRun
 from worker.interpolate import InterpolationError, Method, interpolate, method_for
 from worker.pipelines import (
     Clip,
+    LatentsCallback,
     attention_backend,
     compute_dtype,
     device_for,
@@ -39,6 +41,8 @@ from worker.pipelines import (
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, int], None]  # scene index, step, steps
+# scene index, step, steps, a rough picture of the clip so far (worker/previews.py)
+PreviewCallback = Callable[[int, int, int, Image.Image], None]
 
 
 class DiffusionRenderer:
@@ -47,6 +51,7 @@ class DiffusionRenderer:
         uploads: Path, device: str = "auto", cache: ClipCache | None = None,
         on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
         interpolate_fps: int = 0, interpolation: Method = "ffmpeg",
+        on_preview: PreviewCallback | None = None, preview_every: int = 0,
     ) -> None:
         self.storyboard = storyboard
         self.plan = plan
@@ -63,6 +68,9 @@ class DiffusionRenderer:
         self.notes: list[str] = []  # what the teacher should know, besides `degraded`
         # 0, or a rate no higher than the model's: clips keep the model's own frames.
         self.interpolate_fps = interpolate_fps if interpolate_fps > plan.fps else 0
+        # A live preview every `preview_every` steps (0: none); one that fails stops them.
+        self.on_preview = on_preview if preview_every > 0 else None
+        self.preview_every = preview_every
         self.interpolation, note = method_for(interpolation)
         if note and self.interpolate_fps:
             self.notes.append(note)
@@ -114,7 +122,8 @@ class DiffusionRenderer:
 
         clip = generate(pipeline, self.plan, prompt=prompt, image=image, frames=frames,
                         seed=scene.seed, device=self.device, on_step=step,
-                        should_stop=self.should_stop)
+                        should_stop=self.should_stop,
+                        on_latents=self._previewer(pipeline, index, frames))
         self.generated.append(index)
         for note in self.plan.notes:  # a level that ran without its LoRA: said once
             if note not in self.notes:
@@ -123,6 +132,32 @@ class DiffusionRenderer:
         if self.cache is not None and not clip.degraded:  # a lesser clip is not kept as the key's
             self.cache.put(key, clip)
         return clip
+
+
+    def _previewer(self, pipeline, index: int, frames: int) -> LatentsCallback | None:
+        """What turns scene `index`'s latents into live previews, every few steps. The last
+        step is left out: the real frames follow at once."""
+        if self.on_preview is None:
+            return None
+        steps = self.plan.steps
+
+        def seen(step: int, latents, width: int, height: int) -> None:
+            if self.on_preview is None or step % self.preview_every or step >= steps:
+                return
+            try:
+                from worker.previews import LatentPreview
+
+                previewer = LatentPreview.for_pipeline(pipeline, self.plan.family,
+                                                       self.plan.model_dir)
+                picture = previewer.picture(latents, frames=frames, width=width,
+                                            height=height)
+                self.on_preview(index, step, steps, picture)
+            except Exception:  # a preview is a courtesy: never at the cost of the clip
+                log.warning("live previews stopped: one could not be made or sent",
+                            exc_info=True)
+                self.on_preview = None
+
+        return seen
 
 
 def _spread(frames: Sequence[np.ndarray], frame_count: int, overlays) -> Iterator[FrameRun]:

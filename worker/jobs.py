@@ -7,10 +7,14 @@ alone: the bot that asked may have restarted since.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import redis
+from PIL import Image
 from rq import get_current_job
 from rq.job import Job
 
@@ -29,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # A progress event at most this often: a chat status edit per event would hit rate limits.
 PROGRESS_INTERVAL_SECONDS = 0.5
+# The live preview of the scene being rendered, in the job's media folder, while it renders.
+LIVE_PREVIEW = "live.jpg"
+LIVE_PREVIEW_QUALITY = 80
 STOPPED = "The render was stopped before it finished; nothing was saved."
 INTERNAL_ERROR = (
     "The render failed because of a problem on our side, not in your storyboard; "
@@ -62,12 +69,16 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
             reporter.step(scene_index, step, count)
 
         render_started = stages.clock()
-        result = render_to_folder(
-            spec.storyboard, settings.media_path / spec.output, settings, progress=reporter,
-            timeline_ready=reporter.use_timeline,
-            on_step=on_step, should_stop=lambda: cancel_requested(job.connection,
-                                                                  spec.job_id),
-            animatic=spec.animatic, stages=stages)
+        out_dir = settings.media_path / spec.output
+        try:
+            result = render_to_folder(
+                spec.storyboard, out_dir, settings, progress=reporter,
+                timeline_ready=reporter.use_timeline, on_preview=reporter.preview_to(out_dir),
+                on_step=on_step, should_stop=lambda: cancel_requested(job.connection,
+                                                                      spec.job_id),
+                animatic=spec.animatic, stages=stages)
+        finally:  # the live preview is only for while the render runs
+            (out_dir / LIVE_PREVIEW).unlink(missing_ok=True)
         render_seconds = stages.clock() - render_started
     except JobCancelled:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",
@@ -158,13 +169,28 @@ class _ProgressReporter:
         if 0 < step < steps and now - self.last_sent < PROGRESS_INTERVAL_SECONDS:
             return
         self.last_sent = now
+        self.events.publish(self._step_event(scene_index, step, steps))
+
+    def preview_to(self, out_dir: Path) -> Callable[[int, int, int, Image.Image], None]:
+        """What saves each live preview in `out_dir` and says so, whatever the throttle."""
+
+        def preview(scene_index: int, step: int, steps: int, picture: Image.Image) -> None:
+            partial = out_dir / (LIVE_PREVIEW + ".part")
+            picture.convert("RGB").save(partial, "JPEG", quality=LIVE_PREVIEW_QUALITY)
+            os.replace(partial, out_dir / LIVE_PREVIEW)  # a reader never sees half a file
+            event = self._step_event(scene_index, step, steps)
+            self.events.publish(event.model_copy(update={"preview": LIVE_PREVIEW}))
+
+        return preview
+
+    def _step_event(self, scene_index: int, step: int, steps: int) -> RenderEvent:
         segment = next(s for s in self.timeline.segments if s.scene_index == scene_index)
         within = step / max(steps, 1) * segment.frame_count
-        self.events.publish(RenderEvent(
+        return RenderEvent(
             job_id=self.spec.job_id, kind="progress", scene=scene_index + 1,
             scenes=len(self.spec.storyboard.scenes), step=step, steps=steps,
             fraction=min((segment.start_frame + within) / self.timeline.frame_count, 1.0),
-        ))
+        )
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()

@@ -47,6 +47,10 @@ load_counts: Counter[tuple[str, str]] = Counter()  # (model_dir, class) -> loads
 _applied: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# step (1-based), the latents after it, and the width and height they are being made at
+LatentsCallback = Callable[[int, torch.Tensor, int, int], None]
+
+
 @dataclass(frozen=True)
 class Clip:
     frames: np.ndarray  # (frames, height, width, 3) uint8
@@ -245,15 +249,19 @@ def _use_lora(pipeline, lora: str, previous: str) -> None:
 def generate(
     pipeline, plan: DiffusionPlan, *, prompt: str, image: Image.Image | None, frames: int,
     seed: int, device: str, on_step: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None, on_latents: LatentsCallback | None = None,
 ) -> Clip:
-    """One clip, walking down the memory ladder on CUDA out-of-memory errors."""
+    """One clip, walking down the memory ladder on CUDA out-of-memory errors. `on_latents`
+    sees the latents after each step, with the size they are being made at (live previews)."""
+    size = [plan.width, plan.height]  # this attempt's: the ladder may lower it
 
     def step_callback(_pipe, step: int, _timestep, tensors: dict) -> dict:
         if should_stop and should_stop():
             raise JobCancelled  # from the step callback: at most one step is wasted
         if on_step:
             on_step(step + 1, plan.steps)
+        if on_latents and "latents" in tensors:
+            on_latents(step + 1, tensors["latents"], size[0], size[1])
         return tensors
 
     def attempt(rungs: tuple[str, ...]) -> np.ndarray:
@@ -266,6 +274,7 @@ def generate(
             step = SIZE_STEP[plan.family]
             width = max(step, int(width * LOWER_RESOLUTION_SCALE) // step * step)
             height = max(step, int(height * LOWER_RESOLUTION_SCALE) // step * step)
+        size[:] = [width, height]
         arguments = dict(
             prompt=prompt, negative_prompt=NEGATIVE_PROMPT, width=width, height=height,
             num_frames=frames, num_inference_steps=plan.steps, guidance_scale=plan.guidance,

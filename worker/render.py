@@ -36,7 +36,7 @@ from worker.sheets import contact_sheet, save_poster
 from worker.text import font_file
 
 if TYPE_CHECKING:
-    from worker.diffusion import StepCallback
+    from worker.diffusion import PreviewCallback, StepCallback
 
 # Output name -> file name. Moved into place in this order: the video comes last.
 OUTPUT_FILES = {
@@ -88,6 +88,7 @@ def render_to_folder(
     on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
     animatic: bool = False, stages: StageTimer | None = None,
     timeline_ready: Callable[[Timeline], None] | None = None,
+    on_preview: PreviewCallback | None = None,
 ) -> RenderResult:
     """Render `storyboard` into `out_dir` with the renderer the settings choose, or with the
     CPU animatic when `animatic` (a quick preview). `stages` times each stage (a job passes
@@ -118,7 +119,8 @@ def render_to_folder(
         timed = _TimedRenderer(stages, on_step)
         # The clips are made at the teacher's durations and stretched to the voice's, so a
         # change to the sound (a voice, its speed, a narration's words) re-renders no clip.
-        renderer = _renderer(asked, plan, settings, font, timed.step, should_stop)
+        renderer = _renderer(asked, plan, settings, font, timed.step, should_stop,
+                             on_preview)
         timed.renderer = renderer
         options = EncodeOptions(
             fps=settings.render.fps, crf=settings.render.crf,
@@ -234,7 +236,8 @@ def _quality_problems(staging: Path, storyboard: Storyboard, timeline: Timeline,
 
 def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Settings,
               font: Path, on_step: StepCallback | None,
-              should_stop: Callable[[], bool] | None) -> SceneRenderer:
+              should_stop: Callable[[], bool] | None,
+              on_preview: PreviewCallback | None = None) -> SceneRenderer:
     if plan is None:
         return AnimaticRenderer(storyboard, fps=settings.render.fps, font=font,
                                 uploads=settings.uploads_path)
@@ -247,7 +250,9 @@ def _renderer(storyboard: Storyboard, plan: DiffusionPlan | None, settings: Sett
                              uploads=settings.uploads_path, device=settings.diffusion.device,
                              cache=cache, on_step=on_step, should_stop=should_stop,
                              interpolate_fps=settings.output.interpolate_fps,
-                             interpolation=settings.output.interpolation)
+                             interpolation=settings.output.interpolation,
+                             on_preview=on_preview,
+                             preview_every=settings.diffusion.live_preview_every_steps)
 
 
 class _TimedRenderer:
