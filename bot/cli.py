@@ -149,14 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.presets import QUALITIES
 
     bench = commands.add_parser("bench", help="measure performance")
-    bench.add_argument("suite", choices=["compose", "render", "audio", "gpu"],
-                       help="what to measure (gpu: seconds per scene and share of the GPU's "
+    bench.add_argument("suite", nargs="?", default="all",
+                       choices=["all", "compose", "render", "llm", "audio", "gpu"],
+                       help="what to measure (default all: compose, render, and llm where a "
+                       "language model is installed; llm: seconds and tokens per second of a "
+                       "draft and an edit turn; gpu: seconds per scene and share of the GPU's "
                        "bf16 peak for each preset and quality level)")
-    bench.add_argument("--model", type=Path, help="render, gpu: a pipeline folder (render's "
-                       "default: a random Wan built for the run; gpu's: the installed presets)")
+    bench.add_argument("--gpu", action="store_true", help="all: the gpu suite too")
+    bench.add_argument("--model", type=Path, help="llm: a GGUF chat model file (default: "
+                       "llm.model_path); render, gpu: a pipeline folder (render's default: a "
+                       "random Wan built for the run; gpu's: the installed presets); all: a "
+                       "file goes to llm, a folder to render and gpu")
     bench.add_argument("--seconds", type=int, default=30, help="length of the test video")
-    bench.add_argument("--repeat", type=int, default=3, help="compose runs to time; gpu: "
-                       "scenes timed per quality level, after a warm-up")
+    bench.add_argument("--repeat", type=int, default=3, help="compose runs to time; llm: "
+                       "turns of each kind; gpu: scenes timed per quality level, after a "
+                       "warm-up")
     bench.add_argument("--json", type=Path, help="also write the report to this file")
     bench.add_argument("--preset", action="append", metavar="NAME", help="gpu: this preset "
                        "only (repeatable; default: every preset whose weights are installed)")
@@ -332,26 +339,53 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from engine.settings import load_settings
-    from worker.bench import bench_compose, bench_demo_wall, machine
+    from worker.bench import machine
 
     if not 6 <= args.seconds <= 180 or not 1 <= args.repeat <= 20:
         raise UserError("--seconds must be 6-180 and --repeat 1-20.")
     settings = load_settings()
-    if args.suite == "render":
-        return _bench_render(settings, args)
-    if args.suite == "audio":
-        return _bench_audio(settings, args)
-    if args.suite == "gpu":
-        return _bench_gpu(settings, args)
-    report = {"machine": machine(), "compose": bench_compose(settings, seconds=args.seconds,
-                                                             repeat=args.repeat),
-              "demo": bench_demo_wall(seconds=args.seconds)}
-    compose, demo = report["compose"], report["demo"]
-    table = Table(title=f"lessonreel bench compose ({report['machine']['cpus']} CPUs)")
+    report = {"machine": machine()}
+    if args.suite == "all":
+        report |= _bench_all(settings, args)
+    else:
+        report |= _BENCH_SUITES[args.suite](settings, args)
+    _write_report(args.json, report)
+    return 0
+
+
+def _bench_all(settings, args: argparse.Namespace) -> dict:
+    """compose, render and llm, and gpu with --gpu, into one report. A suite that stops with
+    a sentence (no language model installed, no GPU) is listed as skipped with it and the
+    others still run, so a long run is not lost to one missing part; `bench gpu` alone is
+    where a missing GPU is an error."""
+    model = args.model
+    if model is not None and not (model.is_dir() or model.is_file()):
+        raise UserError(f"--model {model} is neither a GGUF file nor a pipeline folder.")
+    gguf = model if model is not None and model.is_file() else None
+    pipeline = model if model is not None and model.is_dir() else None
+    suites = ["compose", "render", "llm"] + (["gpu"] if args.gpu else [])
+    report: dict = {"skipped": {}}
+    for suite in suites:
+        routed = argparse.Namespace(**{**vars(args),
+                                       "model": gguf if suite == "llm" else pipeline})
+        try:
+            report |= _BENCH_SUITES[suite](settings, routed)
+        except UserError as exc:
+            report["skipped"][suite] = str(exc)
+            print(f"skipped {suite}: {exc}")
+    return report
+
+
+def _bench_compose(settings, args: argparse.Namespace) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.bench import bench_compose, bench_demo_wall
+
+    compose = bench_compose(settings, seconds=args.seconds, repeat=args.repeat)
+    demo = bench_demo_wall(seconds=args.seconds)
+    table = Table(title=f"lessonreel bench compose ({os.cpu_count()} CPUs)")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row(f"compose + encode, {compose['frame_size']} @ {compose['fps']} fps",
@@ -365,20 +399,53 @@ def _bench(args: argparse.Namespace) -> int:
     table.add_row(f"lessonreel demo, {demo['video_seconds']} s video, wall time",
                   f"{demo['demo_wall_seconds'][0]:.2f} s")
     Console().print(table)
-    _write_report(args.json, report)
-    return 0
+    return {"compose": compose, "demo": demo}
 
 
-def _bench_audio(settings, args: argparse.Namespace) -> int:
+def _bench_llm(settings, args: argparse.Namespace) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from worker.bench import bench_audio, machine
+    from worker.bench_llm import bench_llm
 
-    report = {"machine": machine(),
-              "audio": bench_audio(settings, seconds=args.seconds, repeat=args.repeat)}
-    audio = report["audio"]
-    table = Table(title=f"lessonreel bench audio ({report['machine']['cpus']} CPUs)")
+    llm = bench_llm(settings, model=args.model, seconds=args.seconds, repeat=args.repeat)
+    where = f"{llm['gpu_layers']} GPU layers" if llm["gpu_offload"] else "CPU only"
+    threads = f"{llm['threads']} thread{'' if llm['threads'] == 1 else 's'}"
+    table = Table(title=f"lessonreel bench llm ({Path(llm['model']).name}, {llm['model_mb']} "
+                        f"MB, {threads}, {where})")
+    for column in ("turn", "valid", "prompt tok", "gen tok", "seconds", "prompt tok/s",
+                   "gen tok/s"):
+        table.add_column(column, justify="left" if column == "turn" else "right",
+                         min_width=len(column))
+    for kind, turn in llm["turns"].items():  # two rows, to fit 80 columns: best, median
+        table.add_row(kind, f"{turn['valid_runs']}/{llm['repeat']}", str(turn["prompt_tokens"]),
+                      f"{turn['generated_tokens_median']:.0f}", f"{turn['seconds_best']:.2f}",
+                      f"{turn['prompt_tokens_per_second_best']:.0f}",
+                      f"{turn['generation_tokens_per_second_best']:.1f}")
+        table.add_row("… median", "", "", "", f"{turn['seconds_median']:.2f}",
+                      f"{turn['prompt_tokens_per_second_median']:.0f}",
+                      f"{turn['generation_tokens_per_second_median']:.1f}", end_section=True)
+    console = Console()
+    console.print(table)
+    console.print(f"Model load (cold start): {llm['load_seconds']:.2f} s, the grammar and the "
+                  "weights, as the bot's start-up pays it.")
+    console.print(f"Rows: the best of {llm['repeat']} runs of each turn, then the median "
+                  "(gen tok: the median). A turn is the bot's own grammar-constrained answer() "
+                  "call, from an empty KV cache. prompt tok/s: llama.cpp's own timer for "
+                  "decoding the prompt. gen tok/s: generated tokens over the rest of the turn: "
+                  "decoding and sampling under the grammar, and any retry after an invalid "
+                  "answer.")
+    return {"llm": llm}
+
+
+def _bench_audio(settings, args: argparse.Namespace) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.bench import bench_audio
+
+    audio = bench_audio(settings, seconds=args.seconds, repeat=args.repeat)
+    table = Table(title=f"lessonreel bench audio ({os.cpu_count()} CPUs)")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for voice, figure in audio["tts_seconds_per_speech_second"].items():
@@ -391,16 +458,15 @@ def _bench_audio(settings, args: argparse.Namespace) -> int:
                       f"{audio['interpolation_seconds_per_output_second']:.3f} s per output "
                       "second")
     Console().print(table)
-    _write_report(args.json, report)
-    return 0
+    return {"audio": audio}
 
 
-def _bench_gpu(settings, args: argparse.Namespace) -> int:
+def _bench_gpu(settings, args: argparse.Namespace) -> dict:
     from rich.console import Console
     from rich.table import Table
 
     from engine.presets import QUALITIES
-    from worker.bench import bench_gpu, machine
+    from worker.bench import bench_gpu
 
     if args.steps is not None and not 1 <= args.steps <= 200:
         raise UserError("--steps must be 1-200.")
@@ -408,7 +474,6 @@ def _bench_gpu(settings, args: argparse.Namespace) -> int:
     gpu = bench_gpu(settings, presets=args.preset, qualities=qualities, steps=args.steps,
                     model=args.model, random_weights=args.random_weights,
                     scenes=args.repeat, allow_cpu=args.allow_cpu)
-    report = {"machine": machine(), "gpu": gpu}
     peak = gpu["bf16_peak_tflops"]
     where = f"{gpu['gpu'] or gpu['device']}, bf16 peak {f'{peak:g} TFLOPS' if peak else 'unknown'}"
 
@@ -437,10 +502,13 @@ def _bench_gpu(settings, args: argparse.Namespace) -> int:
                   "speed-up: the diffusers default row's s/scene (at standard's steps) over "
                   "the row's. MFU: FLOPs per step (from the model's config) over s/step, "
                   "against the GPU's dense bf16 peak.")
+    for preview in gpu.get("live_previews", []):
+        console.print(f"Live preview, {preview['preset']} ({preview['how']}): "
+                      f"{preview['setup_seconds']:.2f} s once per worker, then "
+                      f"{1000 * preview['seconds_per_preview']:.0f} ms per picture.")
     for skipped in gpu["skipped"]:
         print(f"skipped {skipped['preset']}: {skipped['reason']}")
-    _write_report(args.json, report)
-    return 0
+    return {"gpu": gpu}
 
 
 def _write_report(path: Path | None, report: dict) -> None:
@@ -452,14 +520,13 @@ def _write_report(path: Path | None, report: dict) -> None:
         raise UserError(f"Cannot write the report to {path} ({exc.strerror}).") from None
 
 
-def _bench_render(settings, args: argparse.Namespace) -> int:
+def _bench_render(settings, args: argparse.Namespace) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from worker.bench import bench_render, machine
+    from worker.bench import bench_render
 
-    report = {"machine": machine(), "render": bench_render(settings, model=args.model)}
-    render = report["render"]
+    render = bench_render(settings, model=args.model)
     table = Table(title=f"lessonreel bench render ({render['device']}, {render['size']}, "
                         f"{render['frames_per_scene']} frames, {render['steps']} steps)")
     table.add_column("measure")
@@ -478,8 +545,12 @@ def _bench_render(settings, args: argparse.Namespace) -> int:
                   f"{render['rerender_ratio']:.3f} ({render['rerender_one_edit_seconds']:.2f} s "
                   f"/ {render['full_render_seconds']:.2f} s)", "<= 0.25")
     Console().print(table)
-    _write_report(args.json, report)
-    return 0
+    return {"render": render}
+
+
+# Each suite measures, prints its table and returns its sections of the JSON report.
+_BENCH_SUITES = {"compose": _bench_compose, "render": _bench_render, "llm": _bench_llm,
+                 "audio": _bench_audio, "gpu": _bench_gpu}
 
 
 if __name__ == "__main__":

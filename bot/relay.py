@@ -314,6 +314,7 @@ class EventRelay:
         ref = await asyncio.to_thread(self.redis.get, key)
         caption = say(route.language, "live_preview", scene=event.scene, scenes=event.scenes,
                       step=event.step, steps=event.steps)
+        self._last_preview[route.job_id] = now  # a failure, too, waits for the next turn
         try:
             new = await self.notifier.show_preview(route, ref.decode() if ref else None,
                                                    picture, caption)
@@ -321,7 +322,6 @@ class EventRelay:
             log.warning("the live preview of job %s was not shown", route.job_id,
                         exc_info=True)
             return
-        self._last_preview[route.job_id] = now
         await asyncio.to_thread(self.redis.set, key, new, ex=DELIVERED_TTL_SECONDS)
 
     async def _remove_preview(self, route: Route) -> None:

@@ -181,8 +181,12 @@ def test_bench_gpu_with_allow_cpu_measures_a_tiny_wan_end_to_end(tmp_path):
         assert row["speedup_vs_diffusers_default"] > 0
     assert gpu["runs"][0]["speedup_vs_diffusers_default"] == 1.0
     assert gpu["runs"][1]["cache"] == "first_block"  # draft ran with its own options
+    [preview] = gpu["live_previews"]  # what a live preview costs at this size
+    assert (preview["preset"], preview["how"]) == ("wan2.1-t2v-1.3b", "projection")
+    assert preview["setup_seconds"] > 0 and 0 < preview["seconds_per_preview"] < 5
     for column in ("s/scene", "s/step", "TFLOP/step", "MFU %", "speed-up"):
         assert column in result.stdout
+    assert "Live preview, wan2.1-t2v-1.3b (projection):" in result.stdout
 
 
 def test_random_weights_build_the_presets_architecture_and_run_it(tmp_path, monkeypatch):

@@ -287,8 +287,10 @@ def bench_gpu(settings: Settings, presets: list[str] | None = None,
                 report["skipped"].append({"preset": name, "reason": why})
                 continue
             label = "random weights" if random_weights else str(folder)
-            rows = _bench_preset(settings, name, folder, label, qualities, steps, scenes,
-                                 device, report["bf16_peak_tflops"])
+            rows, preview = _bench_preset(settings, name, folder, label, qualities, steps,
+                                          scenes, device, report["bf16_peak_tflops"])
+            if preview is not None:
+                report.setdefault("live_previews", []).append(preview)
             if not rows:
                 report["skipped"].append({"preset": name, "reason": (
                     f"{folder} is an image-to-video pipeline; bench gpu times text-to-video")})
@@ -361,8 +363,9 @@ def build_random_pipeline(preset: str, folder: Path) -> Path:
 
 def _bench_preset(settings: Settings, name: str, folder: Path, label: str,
                   qualities: tuple[str, ...], steps: int | None, scenes: int, device: str,
-                  peak: float | None) -> list[dict]:
-    """The baseline row, then one row per quality level, for one pipeline folder."""
+                  peak: float | None) -> tuple[list[dict], dict | None]:
+    """The baseline row, then one row per quality level, for one pipeline folder; and what
+    its live previews cost."""
     from engine.presets import plan_for
     from worker.pipelines import applied_attention, load_pipeline
 
@@ -372,7 +375,7 @@ def _bench_preset(settings: Settings, name: str, folder: Path, label: str,
     local = settings.model_copy(update={"diffusion": options})
     standard = plan_for(local, "16:9", "standard")
     if not standard.text_to_video:
-        return []  # an image-to-video pipeline: scenes with text alone never run on it
+        return [], None  # an image-to-video pipeline: scenes with text alone never run on it
     pipeline = load_pipeline(standard, standard.text_to_video, device)
     # The baseline first, while the transformer is as diffusers made it: no quality option
     # has touched it yet (a compiled block stays compiled).
@@ -392,8 +395,36 @@ def _bench_preset(settings: Settings, name: str, folder: Path, label: str,
     baseline = rows[0]["seconds_per_scene"]
     for row in rows:
         row["speedup_vs_diffusers_default"] = round(baseline / row["seconds_per_scene"], 3)
+    preview = _time_preview(pipeline, standard, device) | {"preset": name}
     _unload(standard.model_dir, device)
-    return rows
+    return rows, preview
+
+
+def _time_preview(pipeline, plan, device: str, repeat: int = 5) -> dict:
+    """What a live preview costs at the plan's size: making the previewer (the projection's
+    fit, or loading the tiny decoder) once, then each picture from a scene's latents."""
+    import torch
+
+    from worker.previews import LatentPreview, latent_shape
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    started = time.perf_counter()
+    previewer = LatentPreview.for_pipeline(pipeline, plan.family, plan.model_dir)
+    sync()
+    made = time.perf_counter() - started
+    # Latents of a scene at the plan's size, unpacked: (1, channels, frames, height, width).
+    latents = torch.randn(1, *latent_shape(pipeline, plan.family, plan.max_frames, plan.width,
+                                           plan.height), device=device)
+    times = []
+    for _ in range(repeat + 1):  # the first one warms up
+        started = time.perf_counter()
+        previewer.picture(latents, frames=plan.max_frames, width=plan.width, height=plan.height)
+        times.append(time.perf_counter() - started)
+    return {"how": previewer.how, "setup_seconds": round(made, 3),
+            "seconds_per_preview": round(statistics.median(times[1:]), 4)}
 
 
 def _plain_call(pipeline, plan, seed: int, on_step) -> tuple[str, ...]:

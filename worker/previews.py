@@ -28,7 +28,7 @@ PREVIEW_DECODER = "preview_decoder"  # a folder inside the model's
 FRAME_HEIGHT = 216  # pixels, each frame of the strip
 STRIP_FRAMES = 3
 GAP = 4  # pixels between the strip's frames
-FIT_IMAGES = 32  # colour images encoded to fit the projection
+FIT_IMAGES = 16  # colour images encoded to fit the projection (1,024 latent pixels)
 FIT_GRID = 8  # latent pixels per side of each fitting image
 RIDGE = 1e-3  # keeps the least squares stable when channels are nearly redundant
 _ATTRIBUTE = "_lessonreel_preview"  # a pipeline's previewer, made on first use
@@ -97,12 +97,23 @@ class LatentPreview:
             return latents[0]
         # LTX packs its latents into a token sequence (batch, tokens, C * patch volume).
         pipe = self.pipeline
-        count = (frames - 1) // pipe.vae_temporal_compression_ratio + 1
-        unpacked = pipe._unpack_latents(
-            latents[:1], count, height // pipe.vae_spatial_compression_ratio,
-            width // pipe.vae_spatial_compression_ratio, pipe.transformer_spatial_patch_size,
-            pipe.transformer_temporal_patch_size)
+        _, count, rows, columns = latent_shape(pipe, self.family, frames, width, height)
+        unpacked = pipe._unpack_latents(latents[:1], count, rows, columns,
+                                        pipe.transformer_spatial_patch_size,
+                                        pipe.transformer_temporal_patch_size)
         return unpacked[0]
+
+
+def latent_shape(pipeline, family: str, frames: int, width: int,
+                 height: int) -> tuple[int, int, int, int]:
+    """(channels, frames, height, width) of the latents of a clip, unpacked."""
+    if family == "LTX":
+        temporal = pipeline.vae_temporal_compression_ratio
+    else:
+        temporal = pipeline.vae_scale_factor_temporal
+    spatial = _spatial_ratio(pipeline, family)
+    return (_latent_channels(pipeline.vae, family), (frames - 1) // temporal + 1,
+            height // spatial, width // spatial)
 
 
 def fit_projection(pipeline, family: str) -> tuple[torch.Tensor, torch.Tensor]:
