@@ -127,3 +127,21 @@ def with_settings(service, **changes):
     service.settings = settings
     return service
 
+
+
+# A tiny model render: small, few steps, the diffusion renderer even without a preset's weights.
+SMALL_MODEL = {"LESSONREEL_DIFFUSION__MAX_SIDE": "64", "LESSONREEL_DIFFUSION__STEPS": "2",
+               "LESSONREEL_DIFFUSION__MAX_FRAMES": "9",
+               "LESSONREEL_DIFFUSION__RENDERER": "diffusion"}
+
+
+@pytest.fixture
+def use_model(monkeypatch):
+    """Point the settings (as every worker reads them) at a pipeline folder, small and fast;
+    `extra` environment variables change or add settings."""
+    def use(folder: Path, **extra: str) -> Settings:
+        for name, value in {**SMALL_MODEL, "LESSONREEL_DIFFUSION__MODEL_PATH": str(folder),
+                            **extra}.items():
+            monkeypatch.setenv(name, value)
+        return load_settings()
+    return use

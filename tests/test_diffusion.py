@@ -22,20 +22,6 @@ from worker.render import render_to_folder
 from worker.runner import run_worker
 from worker.synthetic import build_tiny_ltx, build_tiny_wan
 
-SMALL = {"LESSONREEL_DIFFUSION__MAX_SIDE": "64", "LESSONREEL_DIFFUSION__STEPS": "2",
-         "LESSONREEL_DIFFUSION__MAX_FRAMES": "9", "LESSONREEL_DIFFUSION__RENDERER": "diffusion"}
-
-
-@pytest.fixture
-def use_model(monkeypatch):
-    """Point the settings (as every worker reads them) at a pipeline folder, small and fast."""
-    def use(folder: Path, **extra: str):
-        for name, value in {**SMALL, "LESSONREEL_DIFFUSION__MODEL_PATH": str(folder),
-                            **extra}.items():
-            monkeypatch.setenv(name, value)
-        return load_settings()
-    return use
-
 
 def _upload(settings, name="leaf.png"):
     settings.uploads_path.mkdir(parents=True, exist_ok=True)

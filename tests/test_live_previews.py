@@ -25,7 +25,6 @@ from bot.relay import Delivery, EventRelay
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.presets import FRAME_STEP, plan_for
-from engine.settings import load_settings
 from tests.conftest import make_storyboard, with_settings
 from worker.pipelines import load_pipeline
 from worker.previews import FRAME_HEIGHT, GAP, PREVIEW_DECODER, LatentPreview
@@ -33,9 +32,9 @@ from worker.render import render_to_folder
 from worker.runner import run_worker
 from worker.synthetic import build_tiny_ltx, build_tiny_wan
 
-SMALL = {"LESSONREEL_DIFFUSION__MAX_SIDE": "64", "LESSONREEL_DIFFUSION__STEPS": "6",
-         "LESSONREEL_DIFFUSION__MAX_FRAMES": "9", "LESSONREEL_DIFFUSION__RENDERER": "diffusion",
-         "LESSONREEL_DIFFUSION__LIVE_PREVIEW_EVERY_STEPS": "2"}
+# Six steps, a preview every second one (never at the last).
+PREVIEWS = {"LESSONREEL_DIFFUSION__STEPS": "6",
+            "LESSONREEL_DIFFUSION__LIVE_PREVIEW_EVERY_STEPS": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +43,9 @@ def tiny_wan(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def use_model(monkeypatch):
-    def use(folder: Path, **extra: str):
-        for name, value in {**SMALL, "LESSONREEL_DIFFUSION__MODEL_PATH": str(folder),
-                            **extra}.items():
-            monkeypatch.setenv(name, value)
-        return load_settings()
-    return use
-
-
-def _split_image(side: int) -> torch.Tensor:
-    """Blue on the left, yellow on the right: colours the projection must tell apart."""
-    image = torch.zeros(1, 3, side, side)
-    image[:, 2, :, : side // 2] = 1.0
-    image[:, :2, :, side // 2:] = 1.0
-    return image
+def use_model(use_model):
+    """The shared fixture, with previews every 2 of 6 steps."""
+    return lambda folder, **extra: use_model(folder, **{**PREVIEWS, **extra})
 
 
 class LinearVAE(torch.nn.Module):

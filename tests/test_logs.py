@@ -221,7 +221,7 @@ def test_a_real_render_logs_each_stage_with_the_job_id_and_seconds(logs, setting
 
 def test_a_model_scene_times_loading_its_pipeline_apart_from_its_frames(logs, tmp_path,
                                                                         monkeypatch):
-    from tests.test_diffusion import SMALL
+    from tests.conftest import SMALL_MODEL as SMALL
     from worker.render import render_to_folder
     from worker.synthetic import build_tiny_wan
 
