@@ -430,11 +430,11 @@ def _bench_llm(settings, args: argparse.Namespace) -> dict:
     console.print(f"Model load (cold start): {llm['load_seconds']:.2f} s, the grammar and the "
                   "weights, as the bot's start-up pays it.")
     console.print(f"Rows: the best of {llm['repeat']} runs of each turn, then the median "
-                  "(gen tok: the median). A turn is the bot's own grammar-constrained answer() "
-                  "call, from an empty KV cache. prompt tok/s: llama.cpp's own timer for "
-                  "decoding the prompt. gen tok/s: generated tokens over the rest of the turn: "
-                  "decoding and sampling under the grammar, and any retry after an invalid "
-                  "answer.")
+                  "(gen tok: the median), after one untimed warm-up turn. A turn is the bot's "
+                  "own grammar-constrained answer() call, from an empty KV cache. prompt "
+                  "tok/s: llama.cpp's own timer for decoding the prompt. gen tok/s: generated "
+                  "tokens over the rest of the turn: decoding and sampling under the grammar, "
+                  "and any retry after an invalid answer.")
     return {"llm": llm}
 
 
@@ -503,6 +503,9 @@ def _bench_gpu(settings, args: argparse.Namespace) -> dict:
                   "the row's. MFU: FLOPs per step (from the model's config) over s/step, "
                   "against the GPU's dense bf16 peak.")
     for preview in gpu.get("live_previews", []):
+        if "error" in preview:
+            console.print(f"Live preview, {preview['preset']}: not measured ({preview['error']})")
+            continue
         console.print(f"Live preview, {preview['preset']} ({preview['how']}): "
                       f"{preview['setup_seconds']:.2f} s once per worker, then "
                       f"{1000 * preview['seconds_per_preview']:.0f} ms per picture.")
@@ -544,6 +547,11 @@ def _bench_render(settings, args: argparse.Namespace) -> dict:
     table.add_row("(c) re-render after 1 of 6 edited / full",
                   f"{render['rerender_ratio']:.3f} ({render['rerender_one_edit_seconds']:.2f} s "
                   f"/ {render['full_render_seconds']:.2f} s)", "<= 0.25")
+    stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds
+                       in render["finish_stage_seconds"].items())
+    table.add_row(f"(d) the finish, {render['finish_video_seconds']:.0f} s voiced video",
+                  f"{render['finish_seconds_per_output_second']:.3f} s per output second "
+                  f"({render['finish_seconds']:.2f} s: {stages})", "")
     Console().print(table)
     return {"render": render}
 

@@ -30,7 +30,7 @@ from bot.core import (
     waiting_etas,
 )
 from bot.messages import say
-from engine.events import STREAM, RenderEvent
+from engine.events import LIVE_PREVIEW, STREAM, RenderEvent
 from engine.jobs import render_queue
 from engine.library import Library, link_to
 from engine.settings import Settings
@@ -252,7 +252,7 @@ class EventRelay:
         if event.is_final:
             await self._final(route, event)
             return
-        if event.preview:
+        if event.preview == LIVE_PREVIEW:  # the one file an event may show
             await self._show_preview(route, event)
         now = time.monotonic()
         if now - self._last_edit.get(route.job_id, 0.0) < self.settings.bot.status_interval_seconds:
@@ -307,8 +307,8 @@ class EventRelay:
         if (not every or route.batch or not hasattr(self.notifier, "show_preview")
                 or now - self._last_preview.get(route.job_id, -every) < every):
             return
-        picture = media_file(self.settings, route.job_id, event.preview)
-        if picture is None:  # the render finished meanwhile and removed it, or a bad name
+        picture = media_file(self.settings, route.job_id, LIVE_PREVIEW)
+        if picture is None:  # the render finished meanwhile and removed it
             return
         key = live_preview_key(route.job_id)
         ref = await asyncio.to_thread(self.redis.get, key)
@@ -318,33 +318,34 @@ class EventRelay:
         try:
             new = await self.notifier.show_preview(route, ref.decode() if ref else None,
                                                    picture, caption)
-        except Exception:
+        except Exception as exc:
+            wait = getattr(exc, "retry_after", 0) or 0  # a rate limit: its wait, at least
+            wait = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
+            self._last_preview[route.job_id] = now + wait
             log.warning("the live preview of job %s was not shown", route.job_id,
                         exc_info=True)
             return
         await asyncio.to_thread(self.redis.set, key, new, ex=DELIVERED_TTL_SECONDS)
 
     async def _remove_preview(self, route: Route) -> None:
+        """Delete the job's live preview message. One that may still be there raises: the
+        final event is tried again later, and its repeat comes back here."""
         self._last_preview.pop(route.job_id, None)
         key = live_preview_key(route.job_id)
         ref = await asyncio.to_thread(self.redis.get, key)
         if ref is None or not hasattr(self.notifier, "remove_preview"):
             return
-        try:
-            await self.notifier.remove_preview(route, ref.decode())
-        except Exception:  # already deleted by someone: the result matters, not this
-            log.warning("the live preview of job %s was not removed", route.job_id,
-                        exc_info=True)
+        await self.notifier.remove_preview(route, ref.decode())
         await asyncio.to_thread(self.redis.delete, key)
 
     async def _final(self, route: Route, event: RenderEvent) -> None:
         self._last_edit.pop(route.job_id, None)
-        await self._remove_preview(route)
         delivered = f"{PREFIX}delivered:{route.job_id}"
         if await asyncio.to_thread(self.redis.exists, delivered):
-            # A repeat (a restart between posting and acknowledging): nothing to post, but
-            # the bookkeeping after it may not have happened.
+            # A repeat (a restart between posting and acknowledging, or a live preview that
+            # could not be removed): nothing to post, but what comes after may not be done.
             await asyncio.to_thread(self._after_final, route, event)
+            await self._remove_preview(route)
             return
         shown = False
         try:
@@ -357,6 +358,8 @@ class EventRelay:
             delivery = await asyncio.to_thread(self._delivery, route, event)
             await self.notifier.deliver(route, delivery)
         await asyncio.to_thread(self.redis.set, delivered, "1", ex=DELIVERED_TTL_SECONDS)
+        # After the result, so tidying never holds it up; the result takes the picture's place.
+        await self._remove_preview(route)
 
     def _delivery(self, route: Route, event: RenderEvent) -> Delivery:
         lang = route.language

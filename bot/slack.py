@@ -169,6 +169,11 @@ def edit_view(card: Card, token: str) -> dict:
     }
 
 
+# Errors that say a message is gone, or out of the bot's reach for good.
+GONE = ("message_not_found", "cant_update_message", "cant_delete_message", "channel_not_found",
+        "not_in_channel", "is_archived")
+
+
 class SlackBot:
     def __init__(self, runtime: Runtime, *, token: str, signing_secret: str = "",
                  api_url: str = "") -> None:
@@ -177,6 +182,9 @@ class SlackBot:
         kwargs = {"base_url": api_url} if api_url else {}
         self.client = AsyncWebClient(token=token, **kwargs)
         self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
+        # Live previews give up at a rate limit instead of waiting: the relay handles events
+        # one at a time, and a wait for a picture would hold up every job's news.
+        self.preview_client = AsyncWebClient(token=token, **kwargs)
         self.app = AsyncApp(client=self.client, signing_secret=signing_secret or None,
                             request_verification_enabled=bool(signing_secret),
                             process_before_response=False,
@@ -476,7 +484,8 @@ class SlackBot:
         """A Slack message cannot change its file, but an image block can show a file by id:
         each picture is uploaded unshared, the preview message's image block is pointed at
         it, and the previous picture's file is deleted. The ref is "<message ts> <file id>"."""
-        uploaded = await self.client.files_upload_v2(
+        client = self.preview_client
+        uploaded = await client.files_upload_v2(
             content=picture.read_bytes(), filename=f"{route.job_id}-live.jpg", title=caption)
         file_id = uploaded["files"][0]["id"]
         blocks = [{"type": "section", "text": {"type": "plain_text", "text": caption}},
@@ -485,14 +494,14 @@ class SlackBot:
         try:
             if ts is not None:
                 try:
-                    await self.client.chat_update(channel=route.place.chat, ts=ts,
-                                                  text=escape(caption), blocks=blocks)
-                except SlackApiError as exc:  # deleted by someone: post a new one
-                    log.info("live preview of job %s not edited (%s); posting anew",
-                             route.job_id, exc.response.get("error"))
-                    ts = None
+                    await client.chat_update(channel=route.place.chat, ts=ts,
+                                             text=escape(caption), blocks=blocks)
+                except SlackApiError as exc:
+                    if exc.response.get("error") not in GONE:
+                        raise  # kept: the same message is edited next time
+                    ts = None  # deleted by someone: a new one takes its place
             if ts is None:
-                posted = await self.client.chat_postMessage(
+                posted = await client.chat_postMessage(
                     channel=route.place.chat, thread_ts=route.place.thread or None,
                     text=escape(caption), blocks=blocks)
                 ts = posted["ts"]
@@ -504,12 +513,17 @@ class SlackBot:
         return f"{ts} {file_id}"
 
     async def remove_preview(self, route: Route, ref: str) -> None:
+        """Raises when the message is still there (the relay tries again later)."""
         ts, file_id = ref.split(" ", 1)
-        with contextlib.suppress(SlackApiError):  # already deleted: nothing to remove
+        try:
             await self.client.chat_delete(channel=route.place.chat, ts=ts)
+        except SlackApiError as exc:
+            if exc.response.get("error") not in GONE:
+                raise
         await self._delete_file(file_id)
 
     async def _delete_file(self, file_id: str) -> None:
+        """A file shared nowhere: one left behind is seen by no one, so a failure is logged."""
         try:
             await self.client.files_delete(file=file_id)
         except SlackApiError as exc:

@@ -443,30 +443,46 @@ class TelegramBot:
 
     async def show_preview(self, route: Route, ref: str | None, picture: Path,
                            caption: str) -> str:
+        """Without flood control: at a rate limit the picture is given up, not waited for
+        (the relay handles events one at a time; a wait would hold up every job's news)."""
         data = picture.read_bytes()
         where = self._where(route.place, None)
+        caption = _fit(caption, CAPTION_LIMIT)
         if ref is not None:
             try:
-                await with_flood_control(lambda: self.bot.edit_message_media(
-                    media=InputMediaPhoto(data, caption=_fit(caption, CAPTION_LIMIT)),
-                    chat_id=where["chat_id"], message_id=int(ref)))
+                await self.bot.edit_message_media(media=InputMediaPhoto(data, caption=caption),
+                                                  chat_id=where["chat_id"],
+                                                  message_id=int(ref))
                 return ref
             except BadRequest as exc:
-                if "not modified" in str(exc).lower():
+                reason = str(exc).lower()
+                if "not modified" in reason:
                     return ref
-                # Deleted by someone, or too old: a new preview message takes its place.
-                log.info("live preview %s of job %s not edited (%s); posting anew", ref,
+                if "not found" not in reason and "can't be edited" not in reason:
+                    raise  # kept: the same message is edited next time
+                log.info("live preview %s of job %s is gone (%s); posting anew", ref,
                          route.job_id, exc)
-        sent = await with_flood_control(lambda: self.bot.send_photo(
-            photo=data, caption=_fit(caption, CAPTION_LIMIT), disable_notification=True,
-            **where))
+        sent = await self.bot.send_photo(photo=data, caption=caption,
+                                         disable_notification=True, **where)
         await asyncio.to_thread(self._remember, route.place, sent)
         return str(sent.message_id)
 
     async def remove_preview(self, route: Route, ref: str) -> None:
-        with contextlib.suppress(BadRequest):  # already gone: nothing to remove
+        """Raises while the message may still be there (the relay tries again later)."""
+        try:
             await with_flood_control(lambda: self.bot.delete_message(
                 chat_id=self._where(route.place, None)["chat_id"], message_id=int(ref)))
+        except Forbidden:  # no longer in the chat: nothing there is ours to tidy
+            return
+        except BadRequest as exc:
+            reason = str(exc).lower()
+            if "not found" in reason:
+                return  # already gone
+            if "can't be deleted" in reason:  # over 48 hours old: it stays, said once
+                log.warning("live preview %s of job %s cannot be deleted (%s)", ref,
+                            route.job_id, exc)
+                return
+            raise
 
     async def deliver(self, route: Route, delivery: Delivery) -> None:
         try:

@@ -16,6 +16,10 @@ STREAM = "lessonreel:events"
 # The stream keeps about this many events; a render makes a few dozen.
 STREAM_MAXLEN = 20_000
 
+# The live preview of the scene being rendered: a file of this name in the job's media
+# folder, while the render runs; the only name a progress event may point at.
+LIVE_PREVIEW = "live.jpg"
+
 EventKind = Literal["queued", "started", "progress", "finished", "failed", "cancelled"]
 
 
@@ -31,7 +35,7 @@ class RenderEvent(BaseModel):
     outputs: dict[str, str] = {}  # for "finished": name -> file path
     notes: list[str] = []  # for "finished": what the teacher should know (e.g. degraded)
     seconds: float | None = None  # for "finished": the video's length (the voice may retime)
-    # For "progress": the live preview picture, a file name in the job's media folder.
+    # For "progress": LIVE_PREVIEW when a new live preview picture is in the job's folder.
     preview: str = Field("", max_length=64)
     at: float = Field(default_factory=time.time)
 

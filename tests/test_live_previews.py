@@ -320,3 +320,20 @@ def test_a_chinese_thread_gets_a_chinese_caption_and_the_console_prints_the_file
     [line] = [line for line in lines if "live.jpg" in line]
     assert line.startswith("场景 1/2 的实时预览（步骤 2/6）")
     assert line.endswith(str(runtime.settings.media_path / job / "live.jpg"))
+
+
+def test_under_cpu_offload_the_vae_is_fed_where_its_hook_runs_it(use_model, tiny_wan):
+    """With enable_model_cpu_offload the VAE's weights wait on the CPU and a hook moves them
+    to the GPU for each call: the fitting images must go to the GPU, not to where the weights
+    sit. (No GPU here: the hook's device is the meta device, which shows the choice.)"""
+    from accelerate import cpu_offload_with_hook
+
+    from worker.previews import _execution
+
+    plan = plan_for(use_model(tiny_wan), "16:9")
+    vae = load_pipeline(plan, plan.text_to_video, "cpu").vae
+    assert _execution(vae)[0] == torch.device("cpu")
+    offloaded = type(vae).from_config(vae.config)
+    cpu_offload_with_hook(offloaded, execution_device="meta")
+    assert next(offloaded.parameters()).device == torch.device("cpu")
+    assert _execution(offloaded) == (torch.device("meta"), torch.float32)

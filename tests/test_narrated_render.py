@@ -68,3 +68,25 @@ def test_narration_off_keeps_the_storyboards_timing_and_no_sound(tmp_path, setti
     assert probe(result.files["video"]).seconds == pytest.approx(board.total_seconds, abs=0.05)
     with pytest.raises(subprocess.CalledProcessError):
         audio_seconds(result.files["video"])
+
+
+def test_bench_render_times_the_finish_per_second_of_the_voiced_video(voiced, tmp_path,
+                                                                     use_model):
+    """(d) of `lessonreel bench render`: the voice, the soundtrack, the stills and the check,
+    apart from the model, over a tiny Wan's cached clips."""
+    from worker.bench import FINISH_STAGES, _bench_finish
+    from worker.synthetic import build_tiny_wan
+
+    settings = use_model(build_tiny_wan(tmp_path / "wan"),
+                         LESSONREEL_NARRATION__ENABLED="true")
+    board = make_storyboard((2, 2))
+    report = _bench_finish(board, tmp_path / "out", settings)
+    video = probe(tmp_path / "out" / "video.mp4")
+    assert report["finish_video_seconds"] == pytest.approx(video.frames / video.fps, abs=0.01)
+    assert report["finish_video_seconds"] > board.total_seconds  # the voice set the timing
+    assert set(report["finish_stage_seconds"]) == set(FINISH_STAGES)
+    assert all(seconds > 0 for seconds in report["finish_stage_seconds"].values())
+    assert report["finish_seconds"] == pytest.approx(
+        sum(report["finish_stage_seconds"].values()), abs=0.01)
+    assert report["finish_seconds_per_output_second"] == pytest.approx(
+        report["finish_seconds"] / report["finish_video_seconds"], rel=0.01)

@@ -645,6 +645,13 @@ def test_a_live_preview_is_one_message_whose_picture_is_replaced_and_removed_at_
         first["file_id"]]
     assert shown["text"].startswith("Live preview of scene 1/2 at step 2/6")
 
+    # Slack refuses one edit (an image block too soon after its upload, a rate limit): that
+    # picture is given up, its file deleted, and the same message is edited next time.
+    slack.fail_next("chat.update", error="invalid_blocks", status=200)
+    preview_at(3, (0, 0, 200))
+    slack.wait_for(lambda s: len(s.deleted_files) == 1, message="the refused picture deleted")
+    assert slack.deleted_files != [first["file_id"]] and [u["file_id"] for u in slack.uploads] == [
+        first["file_id"]]
     green = preview_at(4, (30, 200, 30))
     slack.wait_for(lambda s: first["file_id"] in s.deleted_files, message="the old picture gone")
     [second] = slack.uploads
@@ -654,8 +661,12 @@ def test_a_live_preview_is_one_message_whose_picture_is_replaced_and_removed_at_
         second["file_id"]]
     assert "step 4/6" in edited["text"]
 
+    slack.fail_next("chat.delete", error="ratelimited", status=429)  # the first removal
     bot.render()
-    slack.wait_for(lambda s: second["file_id"] in s.deleted_files and ("C1", shown["ts"])
-                   not in s.messages, message="the preview removed when the video came")
-    [video] = slack.wait_for(lambda s: s.uploads, message="the video, after the preview left")
+    [video] = slack.wait_for(lambda s: [u for u in s.uploads if u["file_id"] != second[
+        "file_id"]], message="the video")
     assert video["filename"] == f"{job}-preview.mp4"
+    slack.wait_for(lambda s: second["file_id"] in s.deleted_files and ("C1", shown["ts"])
+                   not in s.messages, timeout=20, message="the preview removed after all")
+    assert [m for m in bot.thread(thread) if m.get("blocks") and any(
+        b["type"] == "image" for b in m["blocks"])] == [], "no preview left beside the video"

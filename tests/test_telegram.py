@@ -884,10 +884,10 @@ def test_a_live_preview_is_one_photo_replaced_as_the_render_goes_and_gone_at_the
     folder.mkdir(parents=True)
     events = EventLog(runtime.connection)
 
-    def preview_at(step: int, colour: tuple[int, int, int], name: str = "live.jpg") -> bytes:
+    def preview_at(step: int, colour: tuple[int, int, int]) -> bytes:
         (folder / "live.jpg").write_bytes(data := jpeg(colour))
         events.publish(RenderEvent(job_id=job, kind="progress", scene=1, scenes=3, step=step,
-                                   steps=6, fraction=0.1, preview=name))
+                                   steps=6, fraction=0.1, preview="live.jpg"))
         return data
 
     red = preview_at(2, (200, 30, 30))
@@ -895,14 +895,20 @@ def test_a_live_preview_is_one_photo_replaced_as_the_render_goes_and_gone_at_the
                           what="the live preview")
     assert photo.data == red
     assert photo.caption.startswith("Live preview of scene 1/3 at step 2/6")
-    preview_at(3, (0, 0, 0), name="../../secret.jpg")  # hostile: resolved in the media root
+    # Hostile: an event naming another file. It exists, and must not reach the chat.
+    secret = runtime.settings.data_path / "secret.jpg"
+    secret.write_bytes(jpeg((1, 2, 3)))
+    events.publish(RenderEvent(job_id=job, kind="progress", scene=1, scenes=3, step=3,
+                               steps=6, fraction=0.1, preview="../../secret.jpg"))
     green = preview_at(4, (30, 200, 30))
     fake.wait_for(lambda: fake.edited_media, what="the picture replaced")
-    assert fake.edited_media == [(TEACHER, photo.message_id, green)]  # not the secret one
+    assert fake.edited_media == [(TEACHER, photo.message_id, green)]
+    assert secret.read_bytes() not in [f.data for f in fake.sent_files]
     assert "step 4/6" in fake.message(TEACHER, photo.message_id)["caption"]
     assert [f.kind for f in fake.sent_files] == ["photo"], "one preview message, edited"
 
     render(runtime)
     fake.wait_for(lambda: fake.sent_videos, 30, what="the video")
-    assert (TEACHER, photo.message_id) not in fake.messages, "the video took its place"
+    fake.wait_for(lambda: (TEACHER, photo.message_id) not in fake.messages,
+                  what="the preview gone: the video took its place")
     assert not (folder / "live.jpg").exists()

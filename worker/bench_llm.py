@@ -54,6 +54,7 @@ def bench_llm(settings: Settings, *, model: Path | None = None, seconds: int = 3
     turns = {"draft": lambda: llm.answer(None, [], request, language="en"),
              "edit": lambda: llm.answer(board, history, EDIT_MESSAGE)}
     runs: dict[str, list[dict]] = {kind: [] for kind in turns}
+    _timed_turn(llm._llama, turns["draft"])  # untimed warm-up: weights paged in, buffers made
     for _ in range(repeat):  # interleaved, so a slow spell on the machine hits both kinds
         for kind, turn in turns.items():
             runs[kind].append(_timed_turn(llm._llama, turn))

@@ -20,7 +20,7 @@ from rq.job import Job
 
 from engine.errors import UserError
 from engine.eta import StepTimes, record_render
-from engine.events import EventLog, RenderEvent
+from engine.events import LIVE_PREVIEW, EventLog, RenderEvent
 from engine.jobs import CANCELLED_MESSAGE, JobCancelled, RenderSpec, cancel_requested
 from engine.library import Library, VideoRecord
 from engine.metrics import StageTimer
@@ -33,9 +33,7 @@ log = logging.getLogger(__name__)
 
 # A progress event at most this often: a chat status edit per event would hit rate limits.
 PROGRESS_INTERVAL_SECONDS = 0.5
-# The live preview of the scene being rendered, in the job's media folder, while it renders.
-LIVE_PREVIEW = "live.jpg"
-LIVE_PREVIEW_QUALITY = 80
+LIVE_PREVIEW_QUALITY = 80  # JPEG
 STOPPED = "The render was stopped before it finished; nothing was saved."
 INTERNAL_ERROR = (
     "The render failed because of a problem on our side, not in your storyboard; "
@@ -78,7 +76,8 @@ def render_storyboard(spec_data: dict) -> dict[str, str]:
                                                                       spec.job_id),
                 animatic=spec.animatic, stages=stages)
         finally:  # the live preview is only for while the render runs
-            (out_dir / LIVE_PREVIEW).unlink(missing_ok=True)
+            for name in (LIVE_PREVIEW, LIVE_PREVIEW + ".part"):
+                (out_dir / name).unlink(missing_ok=True)
         render_seconds = stages.clock() - render_started
     except JobCancelled:
         events.publish(RenderEvent(job_id=spec.job_id, kind="cancelled",

@@ -4,7 +4,7 @@ Every few denoising steps the current latents become a small strip of frames (th
 start, middle and end), cheap enough that the render does not notice:
 
 - a tiny decoder, when the model folder holds one (`preview_decoder/`: a diffusers
-  `AutoencoderTiny` trained for the model's latents), decodes those frames properly;
+  `AutoencoderTiny` that decodes what the model's VAE decodes), decodes those frames;
 - else a linear latent-to-RGB projection: each latent pixel's channels times a 3 x C matrix.
   The matrix is fitted once per loaded pipeline from the model's own VAE (colour images
   encoded, least squares against their pixels), so it fits any VAE (the real one, a
@@ -57,12 +57,13 @@ class LatentPreview:
     @classmethod
     def _make(cls, pipeline, family: str, folder: Path) -> LatentPreview:
         channels = _latent_channels(pipeline.vae, family)
+        to_raw = _to_raw(pipeline.vae, family)
         if (folder / "config.json").is_file():
             decoder = _tiny_decoder(folder, channels, pipeline.vae)
             if decoder is not None:
-                return cls(pipeline, family, decoder, "tiny decoder")
+                return cls(pipeline, family, lambda latents: decoder(to_raw(latents.float())),
+                           "tiny decoder")
         weight, bias = fit_projection(pipeline, family)
-        to_raw = _to_raw(pipeline.vae, family)
 
         def project(latents: torch.Tensor) -> torch.Tensor:
             raw = to_raw(latents.float())
@@ -123,11 +124,11 @@ def fit_projection(pipeline, family: str) -> tuple[torch.Tensor, torch.Tensor]:
     vae = pipeline.vae
     ratio = _spatial_ratio(pipeline, family)
     images = _colour_images(FIT_IMAGES, FIT_GRID * ratio)  # (N, 3, S, S) in [0, 1]
-    parameter = next(vae.parameters())
+    device, dtype = _execution(vae)
     latents = []
     with torch.no_grad():
         for batch in images.split(8):
-            video = (batch * 2 - 1)[:, :, None].to(parameter.device, parameter.dtype)
+            video = (batch * 2 - 1)[:, :, None].to(device, dtype)
             latents.append(vae.encode(video).latent_dist.mode()[:, :, 0].float().cpu())
     raw = torch.cat(latents)  # (N, C, h, w)
     target = F.avg_pool2d(images, ratio)  # (N, 3, h, w)
@@ -137,6 +138,14 @@ def fit_projection(pipeline, family: str) -> tuple[torch.Tensor, torch.Tensor]:
     gram = x.T @ x + RIDGE * len(x) * torch.eye(x.shape[1])
     solution = torch.linalg.solve(gram, x.T @ y)  # (C + 1, 3)
     return solution[:-1].T.contiguous(), solution[-1].contiguous()
+
+
+def _execution(module) -> tuple[torch.device, torch.dtype]:
+    """Where a module's inputs must be, and their dtype. With CPU offload the weights wait on
+    the CPU and a hook moves them to the GPU for each call: the inputs must be on the GPU."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module), next(module.parameters()).dtype
 
 
 def _colour_images(count: int, side: int) -> torch.Tensor:
@@ -177,12 +186,14 @@ def _to_raw(vae, family: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _tiny_decoder(folder: Path, channels: int, vae) -> Callable | None:
-    """A diffusers AutoencoderTiny from `folder`, when it decodes this model's latents."""
+    """A diffusers AutoencoderTiny from `folder`, when it decodes this model's latents: it
+    takes what the pipeline gives the model's VAE to decode (the raw latents), on the device
+    the VAE runs on (the GPU, also under CPU offload: it is small)."""
     from diffusers import AutoencoderTiny
 
-    parameter = next(vae.parameters())
+    device, dtype = _execution(vae)
     try:
-        decoder = AutoencoderTiny.from_pretrained(folder, torch_dtype=parameter.dtype)
+        decoder = AutoencoderTiny.from_pretrained(folder, torch_dtype=dtype)
     except (OSError, ValueError) as exc:
         log.warning("the preview decoder in %s cannot be loaded (%s); using the projection",
                     folder, exc)
@@ -191,10 +202,9 @@ def _tiny_decoder(folder: Path, channels: int, vae) -> Callable | None:
         log.warning("the preview decoder in %s takes %d latent channels, the model makes %d; "
                     "using the projection", folder, decoder.config.latent_channels, channels)
         return None
-    decoder = decoder.to(parameter.device).eval()
+    decoder = decoder.to(device).eval()
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        scaled = latents.to(parameter.device, parameter.dtype) / decoder.config.scaling_factor
-        return (decoder.decode(scaled).sample.float() + 1) / 2  # images in [-1, 1]
+    def decode(raw: torch.Tensor) -> torch.Tensor:
+        return (decoder.decode(raw.to(device, dtype)).sample.float() + 1) / 2  # from [-1, 1]
 
     return decode
