@@ -31,6 +31,7 @@ import time
 import unicodedata
 import zipfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ SLUG_CHARS = 32
 # Cut clips: close to the final video's own quality (crf 20), so cutting loses little more.
 CLIP_CRF = 18
 CLIP_PRESET = "veryfast"
+CUT_WORKERS = 4  # scene clips cut at once
 
 
 class ExportError(UserError):
@@ -110,8 +112,8 @@ def cut_scene_clips(video: Path, spans: Sequence[SceneSpan], out_dir: Path,
     fps = read_header(video).fps
     if not fps:
         raise ExportError(f"Cannot tell the frame rate of {video.name}; render it again.")
-    clips = []
-    for span, name in zip(spans, names, strict=True):
+
+    def cut(span: SceneSpan, name: str) -> Path:
         frames = max(1, round((span.end - span.start) * fps))
         clip = out_dir / name
         command = [
@@ -128,8 +130,11 @@ def cut_scene_clips(video: Path, spans: Sequence[SceneSpan], out_dir: Path,
             tail = " | ".join(done.stderr.strip().splitlines()[-2:]) or "no message"
             raise ExportError(f"Cutting {span.name} out of {video.name} failed ({tail}); "
                               "render the video again.")
-        clips.append(clip)
-    return clips
+        return clip
+
+    # One ffmpeg per scene, a few at once: each spends much of its time starting and seeking.
+    with ThreadPoolExecutor(max_workers=min(CUT_WORKERS, len(spans) or 1)) as pool:
+        return list(pool.map(cut, spans, names))  # in order; the first failure is raised
 
 
 def scene_slug(scene: Scene) -> str:
