@@ -149,6 +149,56 @@ def test_editing_one_scene_re_renders_exactly_that_scene(tmp_path, use_model):
     assert third.generated_scenes == []
 
 
+def test_after_an_edit_the_unchanged_scenes_are_read_while_the_changed_one_renders(
+        tmp_path, use_model, monkeypatch):
+    """The re-render's clips come from the cache beside the model's work on the edited scene,
+    two scenes ahead at most, and the video is the same as read one after another."""
+    import threading
+
+    from worker.clips import ClipCache
+
+    settings = use_model(build_tiny_wan(tmp_path / "wan"), LESSONREEL_DIFFUSION__STEPS="4")
+    board = make_storyboard((2, 2, 2, 2))
+    render_to_folder(board, tmp_path / "v1", settings)
+    scenes = [scene.model_dump() for scene in board.scenes]
+    scenes[0]["visual"] = "a different first picture"
+    edited = board.revise(scenes=scenes)
+
+    timeline: list[tuple[str, str]] = []  # (what, thread) in the order it happened
+    read = ClipCache.get
+
+    def get(cache, key):
+        timeline.append(("read", threading.current_thread().name))
+        return read(cache, key)
+
+    monkeypatch.setattr(ClipCache, "get", get)
+
+    def on_step(scene: int, step: int, steps: int) -> None:
+        if step == steps:
+            timeline.append((f"scene {scene + 1} made", threading.current_thread().name))
+
+    result = render_to_folder(edited, tmp_path / "v2", settings, on_step=on_step)
+    assert result.generated_scenes == [0]
+    made = timeline.index(("scene 1 made", threading.current_thread().name))
+    # Before scene 1 was made: its own lookup (a miss) and scenes 2 and 3, read alongside.
+    ahead = [thread for what, thread in timeline[:made] if thread.startswith("clip-read")]
+    assert len(ahead) == 2, timeline
+    # All from the cache now: the same pixels as a render that reads each clip in its turn.
+    assert render_to_folder(edited, tmp_path / "v3", settings).generated_scenes == []
+    monkeypatch.setattr("worker.diffusion.READ_AHEAD", 0)
+    assert render_to_folder(edited, tmp_path / "v4", settings).generated_scenes == []
+    assert _decoded(tmp_path / "v3" / "video.mp4") == _decoded(tmp_path / "v4" / "video.mp4")
+
+
+def _decoded(video: Path) -> bytes:
+    """Every frame's pixels, as the viewer sees them (the file's own bytes hold its time)."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(video))
+    next(reader)  # the metadata
+    return b"".join(bytes(frame) for frame in reader)
+
+
 def test_a_cancel_stops_at_the_next_step_and_leaves_no_output(
     tmp_path, use_model, redis_connection
 ):

@@ -55,6 +55,9 @@ class ClipCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def has(self, key: str) -> bool:
+        return all(path.is_file() for path in self._paths(key))
+
     def get(self, key: str) -> Clip | None:
         video, note = self._paths(key)
         if not (video.is_file() and note.is_file()):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,9 @@ from worker.pipelines import (
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, int], None]  # scene index, step, steps
+READ_AHEAD = 2  # cached clips read ahead of the scene being composed
+# Reads cached clips (an ffmpeg decode each, outside the GIL) beside the model's work.
+_READER = ThreadPoolExecutor(max_workers=READ_AHEAD, thread_name_prefix="clip-read")
 # scene index, step, steps, a rough picture of the clip so far (worker/previews.py)
 PreviewCallback = Callable[[int, int, int, Image.Image], None]
 
@@ -64,6 +68,8 @@ class DiffusionRenderer:
         self.animatic = AnimaticRenderer(storyboard, fps=fps, font=font, uploads=uploads,
                                          size=(plan.width, plan.height))
         self.generated: list[int] = []  # scene indices rendered by the model in this job
+        self._reads: dict[int, Future] = {}  # scene index -> its cached clip being read
+        self._requests: dict[int, tuple] = {}  # scene index -> what _request worked out
         self.degraded: dict[int, tuple[str, ...]] = {}  # scene index -> what was given up
         self.notes: list[str] = []  # what the teacher should know, besides `degraded`
         # 0, or a rate no higher than the model's: clips keep the model's own frames.
@@ -105,15 +111,15 @@ class DiffusionRenderer:
             return clip.frames
 
     def _clip(self, scene: Scene, index: int, class_name: str) -> Clip:
-        image = self.animatic.open_upload(scene, index) if scene.image else None
-        image_bytes = _png_bytes(image) if image is not None else None
-        frames = self.plan.frames_for(scene.duration)
-        prompt = f"{scene.visual}. Style: {self.storyboard.style.name}."
-        key = clip_key(self.plan, class_name, prompt=prompt, image=image_bytes, frames=frames,
-                       seed=scene.seed, dtype=compute_dtype(self.plan, self.device),
-                       attention=attention_backend(self.plan.attention, self.device)[0])
-        if self.cache is not None and (cached := self.cache.get(key)) is not None:
-            return cached
+        image, frames, prompt, key = self._request(scene, index, class_name)
+        if self.cache is not None:
+            # The next scenes' cached clips are read while this one is read or made: after
+            # an edit, the unchanged scenes cost (almost) nothing on top of the changed one.
+            self._read_ahead(index + 1)
+            read = self._reads.pop(index, None)
+            cached = read.result() if read is not None else self.cache.get(key)
+            if cached is not None:
+                return cached
         pipeline = load_pipeline(self.plan, class_name, self.device)
 
         def step(done: int, steps: int) -> None:
@@ -133,6 +139,35 @@ class DiffusionRenderer:
             self.cache.put(key, clip)
         return clip
 
+    def _request(self, scene: Scene, index: int, class_name: str):
+        """The scene's picture (None for text), frames, prompt and clip cache key; worked out
+        once per scene (read-ahead needs the key first)."""
+        if index not in self._requests:
+            self._requests[index] = self._work_out(scene, index, class_name)
+        return self._requests[index]
+
+    def _work_out(self, scene: Scene, index: int, class_name: str):
+        image = self.animatic.open_upload(scene, index) if scene.image else None
+        image_bytes = _png_bytes(image) if image is not None else None
+        frames = self.plan.frames_for(scene.duration)
+        prompt = f"{scene.visual}. Style: {self.storyboard.style.name}."
+        key = clip_key(self.plan, class_name, prompt=prompt, image=image_bytes, frames=frames,
+                       seed=scene.seed, dtype=compute_dtype(self.plan, self.device),
+                       attention=attention_backend(self.plan.attention, self.device)[0])
+        return image, frames, prompt, key
+
+    def _read_ahead(self, start: int) -> None:
+        """Start reading the cached clips of the next READ_AHEAD model scenes from `start`
+        (at most that many held at once: a full-size clip is about 100 MB)."""
+        scenes = self.storyboard.scenes
+        for index in range(start, min(start + READ_AHEAD, len(scenes))):
+            scene = scenes[index]
+            class_name = self.plan.image_to_video if scene.image else self.plan.text_to_video
+            if index in self._reads or not class_name:
+                continue
+            key = self._request(scene, index, class_name)[3]
+            if self.cache.has(key):
+                self._reads[index] = _READER.submit(self.cache.get, key)
 
     def _previewer(self, pipeline, index: int, frames: int) -> LatentsCallback | None:
         """What turns scene `index`'s latents into live previews, every few steps. The last
