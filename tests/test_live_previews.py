@@ -337,3 +337,20 @@ def test_under_cpu_offload_the_vae_is_fed_where_its_hook_runs_it(use_model, tiny
     cpu_offload_with_hook(offloaded, execution_device="meta")
     assert next(offloaded.parameters()).device == torch.device("cpu")
     assert _execution(offloaded) == (torch.device("meta"), torch.float32)
+
+
+def test_a_first_frame_that_is_still_noise_is_left_out_of_the_strip():
+    """Wan2.2's image-to-video keeps noise in the first latent frame until the last step."""
+    pipeline = SimpleNamespace(vae=LinearVAE(), vae_scale_factor_spatial=8)
+    preview = LatentPreview.for_pipeline(pipeline, "Wan", "/nowhere")
+    with torch.no_grad():
+        raw = pipeline.vae.encode(torch.ones(1, 3, 5, 64, 64)).latent_dist.mode()  # white
+    latents = (raw.repeat(1, 1, 4, 1, 1) - 0.5) / 2.0  # four latent frames: a 13-frame clip
+    latents[:, :, 0] = -50.0  # the noise: far from any colour
+    kept = np.asarray(preview.picture(latents, frames=13, width=64, height=64,
+                                      skip_first=True), dtype=float)
+    shown = np.asarray(preview.picture(latents, frames=13, width=64, height=64), dtype=float)
+    frames = [kept[:, i * (FRAME_HEIGHT + GAP):i * (FRAME_HEIGHT + GAP) + FRAME_HEIGHT]
+              for i in range(3)]
+    assert all(frame.min() > 230 for frame in frames), "start, middle, end: all white"
+    assert shown[:, :FRAME_HEIGHT].max() < 230, "without it, the strip opens with the noise"

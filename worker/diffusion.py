@@ -129,7 +129,8 @@ class DiffusionRenderer:
         clip = generate(pipeline, self.plan, prompt=prompt, image=image, frames=frames,
                         seed=scene.seed, device=self.device, on_step=step,
                         should_stop=self.should_stop,
-                        on_latents=self._previewer(pipeline, index, frames))
+                        on_latents=self._previewer(pipeline, index, frames,
+                                                   conditioned=image is not None))
         self.generated.append(index)
         for note in self.plan.notes:  # a level that ran without its LoRA: said once
             if note not in self.notes:
@@ -169,12 +170,15 @@ class DiffusionRenderer:
             if self.cache.has(key):
                 self._reads[index] = _READER.submit(self.cache.get, key)
 
-    def _previewer(self, pipeline, index: int, frames: int) -> LatentsCallback | None:
+    def _previewer(self, pipeline, index: int, frames: int, *,
+                   conditioned: bool) -> LatentsCallback | None:
         """What turns scene `index`'s latents into live previews, every few steps. The last
         step is left out: the real frames follow at once."""
         if self.on_preview is None:
             return None
         steps = self.plan.steps
+        # Wan2.2's image-to-video blends the picture into the first frame only at the end.
+        skip_first = conditioned and bool(getattr(pipeline.config, "expand_timesteps", False))
 
         def seen(step: int, latents, width: int, height: int) -> None:
             if self.on_preview is None or step % self.preview_every or step >= steps:
@@ -185,7 +189,7 @@ class DiffusionRenderer:
                 previewer = LatentPreview.for_pipeline(pipeline, self.plan.family,
                                                        self.plan.model_dir)
                 picture = previewer.picture(latents, frames=frames, width=width,
-                                            height=height)
+                                            height=height, skip_first=skip_first)
                 self.on_preview(index, step, steps, picture)
             except Exception:  # a preview is a courtesy: never at the cost of the clip
                 log.warning("live previews stopped: one could not be made or sent",

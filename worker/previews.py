@@ -72,11 +72,15 @@ class LatentPreview:
 
         return cls(pipeline, family, project, "projection")
 
-    def picture(self, latents: torch.Tensor, *, frames: int, width: int,
-                height: int) -> Image.Image:
-        """The strip for `latents` of a clip of `frames` frames at width x height."""
+    def picture(self, latents: torch.Tensor, *, frames: int, width: int, height: int,
+                skip_first: bool = False) -> Image.Image:
+        """The strip for `latents` of a clip of `frames` frames at width x height.
+        `skip_first`: the first latent frame is still noise (Wan2.2's image-to-video puts the
+        teacher's picture there only after the last step)."""
         with torch.no_grad():
             grid = self._grid(latents, frames, width, height)  # (C, T, h, w)
+            if skip_first and grid.shape[1] > 1:
+                grid = grid[:, 1:]
             count = grid.shape[1]
             picks = sorted({round(i * (count - 1) / max(STRIP_FRAMES - 1, 1))
                             for i in range(STRIP_FRAMES)})
