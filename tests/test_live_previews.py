@@ -6,7 +6,6 @@ chat side runs the real Slack and Telegram SDKs against the local stand-ins."""
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from bot.relay import Delivery, EventRelay
 from engine.events import EventLog, RenderEvent
 from engine.jobs import RenderSpec, enqueue_render, new_job_id
 from engine.presets import FRAME_STEP, plan_for
-from tests.conftest import make_storyboard, with_settings
+from tests.conftest import jpeg, make_storyboard, with_settings
 from worker.pipelines import load_pipeline
 from worker.previews import FRAME_HEIGHT, GAP, PREVIEW_DECODER, LatentPreview
 from worker.render import render_to_folder
@@ -188,11 +187,6 @@ def test_the_job_says_where_each_preview_is_and_removes_it_when_done(
     assert not (folder / "live.jpg").exists(), "only while the render runs"
     assert not list(folder.glob("live.jpg*"))
 
-
-def jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 # -- the relay: which previews reach the thread ----------------------------------------------

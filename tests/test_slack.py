@@ -601,18 +601,13 @@ def test_when_the_edit_form_cannot_open_the_thread_says_how_to_edit(slack_bot):
 # -- live previews -------------------------------------------------------------------------
 
 
-def jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
-    return buffer.getvalue()
-
 
 def test_a_live_preview_is_one_message_whose_picture_is_replaced_and_removed_at_the_end(
         slack_bot):
     """The worker's side is played here (its pictures and events), so each step is seen;
     the real worker then finishes the job."""
     from engine.events import EventLog, RenderEvent
-    from tests.conftest import with_settings
+    from tests.conftest import jpeg, with_settings
 
     bot, slack = slack_bot, slack_bot.slack
     with_settings(bot.bot.relay, bot={"live_preview_seconds": 0.01})

@@ -26,6 +26,7 @@ from bot.telegram import TelegramBot, redact_token_in_logs
 from bot.web import share_app
 from engine.events import STREAM, EventLog, RenderEvent
 from engine.jobs import render_queue
+from tests.conftest import jpeg
 from tests.fake_telegram import FakeTelegram, updates_of
 from tests.local_server import LocalServer
 from worker.runner import run_worker
@@ -863,11 +864,6 @@ def test_a_chat_of_students_may_only_watch(fake, start_bot, make_runtime, monkey
 
 # -- live previews -------------------------------------------------------------------------
 
-
-def jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (96, 54), colour).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def test_a_live_preview_is_one_photo_replaced_as_the_render_goes_and_gone_at_the_end(
