@@ -210,8 +210,9 @@ class EventRelay:
                     raise  # not the event's fault: the whole batch is read again
                 except Exception:
                     if event.is_final and self._retry_later(entry):
-                        log.warning("the final message of job %s could not be posted; will "
-                                    "try again", event.job_id, exc_info=True)
+                        log.warning("the final message of job %s could not be posted (or its "
+                                    "live preview removed); will try again", event.job_id,
+                                    exc_info=True)
                         continue
                     log.exception("event %s for job %s could not be relayed; dropped",
                                   entry, event.job_id)
@@ -319,9 +320,7 @@ class EventRelay:
             new = await self.notifier.show_preview(route, ref.decode() if ref else None,
                                                    picture, caption)
         except Exception as exc:
-            wait = getattr(exc, "retry_after", 0) or 0  # a rate limit: its wait, at least
-            wait = wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait)
-            self._last_preview[route.job_id] = now + wait
+            self._last_preview[route.job_id] = now + _retry_after(exc)  # a rate limit's wait
             log.warning("the live preview of job %s was not shown", route.job_id,
                         exc_info=True)
             return
@@ -402,6 +401,19 @@ class EventRelay:
             key = gpu_seconds_key(route.place.platform, route.author, event.at)
             self.redis.incrbyfloat(key, seconds)
             self.redis.expire(key, 3 * 86_400)
+
+
+def _retry_after(exc: Exception) -> float:
+    """The seconds a rate-limited platform asked to wait, 0 when it did not say: a Slack
+    error's response has a Retry-After header, Telegram's RetryAfter the seconds (or a
+    timedelta)."""
+    wait = (getattr(getattr(exc, "response", None), "headers", None) or {}).get("Retry-After")
+    if wait is None:
+        wait = getattr(exc, "retry_after", 0)
+    try:
+        return wait.total_seconds() if hasattr(wait, "total_seconds") else float(wait or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

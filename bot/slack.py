@@ -506,10 +506,10 @@ class SlackBot:
                     text=escape(caption), blocks=blocks)
                 ts = posted["ts"]
         except Exception:
-            await self._delete_file(file_id)  # shown nowhere: not left behind
+            await self._delete_file(file_id, client)  # shown nowhere: not left behind
             raise
         if old_file:
-            await self._delete_file(old_file)
+            await self._delete_file(old_file, client)
         return f"{ts} {file_id}"
 
     async def remove_preview(self, route: Route, ref: str) -> None:
@@ -522,10 +522,10 @@ class SlackBot:
                 raise
         await self._delete_file(file_id)
 
-    async def _delete_file(self, file_id: str) -> None:
+    async def _delete_file(self, file_id: str, client: AsyncWebClient | None = None) -> None:
         """A file shared nowhere: one left behind is seen by no one, so a failure is logged."""
         try:
-            await self.client.files_delete(file=file_id)
+            await (client or self.client).files_delete(file=file_id)
         except SlackApiError as exc:
             log.warning("live preview file %s not deleted: %s", file_id,
                         exc.response.get("error"))

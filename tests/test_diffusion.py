@@ -183,6 +183,9 @@ def test_after_an_edit_the_unchanged_scenes_are_read_while_the_changed_one_rende
     # Before scene 1 was made: its own lookup (a miss) and scenes 2 and 3, read alongside.
     ahead = [thread for what, thread in timeline[:made] if thread.startswith("clip-read")]
     assert len(ahead) == 2, timeline
+    # And what was read ahead is used: the main thread only looked scene 1 up.
+    assert [t for what, t in timeline if what == "read"].count(
+        threading.current_thread().name) == 1, timeline
     # All from the cache now: the same pixels as a render that reads each clip in its turn.
     assert render_to_folder(edited, tmp_path / "v3", settings).generated_scenes == []
     monkeypatch.setattr("worker.diffusion.READ_AHEAD", 0)

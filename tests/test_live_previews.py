@@ -294,6 +294,40 @@ def test_a_platform_that_cannot_show_the_picture_still_gets_the_status_and_the_r
     assert "live preview of job" in caplog.text
 
 
+@pytest.mark.parametrize("limit", ["telegram", "slack"])
+def test_a_rate_limited_preview_waits_as_long_as_the_platform_asked(runtime, limit):
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.web import SlackResponse
+    from telegram.error import RetryAfter
+
+    if limit == "telegram":
+        error = RetryAfter(30)
+    else:
+        error = SlackApiError("ratelimited", SlackResponse(
+            client=None, http_verb="POST", api_url="", req_args={},
+            data={"ok": False, "error": "ratelimited"}, headers={"Retry-After": "30"},
+            status_code=429))
+
+    class Limited(PicturingNotifier):
+        limited = False
+
+        async def show_preview(self, *args) -> str:
+            if not self.limited:  # the first picture meets the rate limit
+                self.limited = True
+                raise error
+            return await super().show_preview(*args)
+
+    notifier = Limited()
+    relay = _relay(runtime, notifier, seconds=0.01)
+    job = _job(runtime)
+    _publish(runtime, job, 2)
+    _drain(relay)
+    time.sleep(0.05)
+    _publish(runtime, job, 4)  # well past the interval, but within the platform's 30 s
+    _drain(relay)
+    assert notifier.limited and notifier.shown == []
+
+
 def test_batch_rows_and_a_zero_interval_show_no_previews(runtime):
     notifier = PicturingNotifier()
     batch_job = _job(runtime, batch="b1")

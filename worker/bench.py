@@ -110,8 +110,9 @@ def bench_render(settings: Settings, *, model: Path | None = None, scenes: int =
             "renderer": "diffusion", "model_path": str(model), "max_side": 128, "steps": 8,
             "max_frames": 17, "cache_clips": False})
         voiced = settings.model_copy(update={"diffusion": options, "data_dir": str(root)})
-        # (a) and (c) compare like with like: no voice, so the video holds the same frames
-        # as the bare loop's; the voice and the finish are timed on their own, (d).
+        # (a) and (c) compare like with like: no voice, so the video lasts as long as the
+        # bare loop's clips (plus the title card); the voice and the finish are timed on
+        # their own, (d).
         settings = voiced.model_copy(update={"narration": voiced.narration.model_copy(
             update={"enabled": False})})
         board = draft_storyboard(f"Explain magnets in {2 + 6 * scenes} seconds",

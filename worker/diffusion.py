@@ -110,8 +110,15 @@ class DiffusionRenderer:
                               "interpolation failed); it plays at the model's frame rate.")
             return clip.frames
 
+    def close(self) -> None:
+        """Stop reading ahead (a cancel, a failure): reads not started are dropped."""
+        for read in self._reads.values():
+            read.cancel()
+        self._reads.clear()
+
     def _clip(self, scene: Scene, index: int, class_name: str) -> Clip:
         image, frames, prompt, key = self._request(scene, index, class_name)
+        self._requests.pop(index, None)  # used: its picture need not stay in memory
         if self.cache is not None:
             # The next scenes' cached clips are read while this one is read or made: after
             # an edit, the unchanged scenes cost (almost) nothing on top of the changed one.
@@ -158,8 +165,8 @@ class DiffusionRenderer:
         return image, frames, prompt, key
 
     def _read_ahead(self, start: int) -> None:
-        """Start reading the cached clips of the next READ_AHEAD model scenes from `start`
-        (at most that many held at once: a full-size clip is about 100 MB)."""
+        """Start reading the cached clips of scenes `start` to `start` + READ_AHEAD - 1 (at
+        most that many held at once: a full-size clip is about 100 MB)."""
         scenes = self.storyboard.scenes
         for index in range(start, min(start + READ_AHEAD, len(scenes))):
             scene = scenes[index]

@@ -112,6 +112,8 @@ def cut_scene_clips(video: Path, spans: Sequence[SceneSpan], out_dir: Path,
     fps = read_header(video).fps
     if not fps:
         raise ExportError(f"Cannot tell the frame rate of {video.name}; render it again.")
+    if len(spans) != len(names):
+        raise ValueError(f"{len(spans)} scene spans but {len(names)} clip names")
 
     def cut(span: SceneSpan, name: str) -> Path:
         frames = max(1, round((span.end - span.start) * fps))

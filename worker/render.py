@@ -145,6 +145,8 @@ def render_to_folder(
                 encoder.finish()
         except BaseException:
             encoder.abort()
+            if hasattr(renderer, "close"):  # its clips read ahead are not wanted any more
+                renderer.close()
             raise
         with stages.stage("audio"):
             notes += _soundtrack(narration, timeline, files, settings, storyboard.music)
