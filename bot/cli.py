@@ -413,10 +413,8 @@ def _bench_llm(settings, args: argparse.Namespace) -> dict:
     threads = f"{llm['threads']} thread{'' if llm['threads'] == 1 else 's'}"
     table = Table(title=f"lessonreel bench llm ({Path(llm['model']).name}, {llm['model_mb']} "
                         f"MB, {threads}, {where})")
-    for column in ("turn", "valid", "prompt tok", "gen tok", "seconds", "prompt tok/s",
-                   "gen tok/s"):
-        table.add_column(column, justify="left" if column == "turn" else "right",
-                         min_width=len(column))
+    _columns(table, "turn", "valid", "prompt tok", "gen tok", "seconds", "prompt tok/s",
+             "gen tok/s")
     for kind, turn in llm["turns"].items():  # two rows, to fit 80 columns: best, median
         table.add_row(kind, f"{turn['valid_runs']}/{llm['repeat']}", str(turn["prompt_tokens"]),
                       f"{turn['generated_tokens_median']:.0f}", f"{turn['seconds_best']:.2f}",
@@ -486,10 +484,8 @@ def _bench_gpu(settings, args: argparse.Namespace) -> dict:
         first = rows[0]
         table = Table(title=f"{preset}, {first['size']}, {first['frames']} frames "
                             f"({first['model']}) on {where}")
-        for column in ("quality", "steps", "s/scene", "s/step", "TFLOP/step", "MFU %",
-                       "speed-up"):
-            table.add_column(column, justify="left" if column == "quality" else "right",
-                             min_width=len(column))
+        _columns(table, "quality", "steps", "s/scene", "s/step", "TFLOP/step", "MFU %",
+                 "speed-up")
         for row in rows:
             table.add_row(row["quality"] + (" (degraded)" if "degraded" in row else ""),
                           str(row["steps"]), f"{row['seconds_per_scene']:.2f}",
@@ -512,6 +508,13 @@ def _bench_gpu(settings, args: argparse.Namespace) -> dict:
     for skipped in gpu["skipped"]:
         print(f"skipped {skipped['preset']}: {skipped['reason']}")
     return {"gpu": gpu}
+
+
+def _columns(table, first: str, *figures: str) -> None:
+    """A label column, then figures right-aligned, none narrower than its heading."""
+    table.add_column(first, min_width=len(first))
+    for column in figures:
+        table.add_column(column, justify="right", min_width=len(column))
 
 
 def _write_report(path: Path | None, report: dict) -> None:

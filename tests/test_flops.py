@@ -13,10 +13,6 @@ The counter has no formula for the CPU's fused attention kernel (it would count 
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.settings import load_settings
+from tests.test_cli import run_cli
 from worker.bench import RANDOM_ARCHITECTURES, bench_gpu
 from worker.flops import (
     bf16_peak_tflops,
@@ -36,7 +33,6 @@ from worker.flops import (
 )
 from worker.synthetic import build_tiny_wan
 
-LESSONREEL = Path(sys.executable).with_name("lessonreel")
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=16,
             out_channels=16, text_dim=32, freq_dim=32, ffn_dim=96, num_layers=2,
             cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
@@ -136,15 +132,6 @@ def test_mfu_is_flops_per_second_over_the_peak():
     assert mfu(1e12, 1.0, 1.0) == 1.0
     with pytest.raises(ValueError, match="seconds_per_step"):
         mfu(1e12, 0.0, 989.0)
-
-
-def run_cli(*args: str, data_dir: Path, env_extra: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSONREEL_")}
-    env.update({"LESSONREEL_DATA_DIR": str(data_dir), **(env_extra or {})})
-    command = [str(LESSONREEL)] if LESSONREEL.exists() else [sys.executable, "-m", "bot.cli"]
-    return subprocess.run([*command, *args], env=env, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

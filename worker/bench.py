@@ -446,13 +446,9 @@ def _time_preview(pipeline, plan, device: str, repeat: int = 5) -> dict:
 
     from worker.previews import LatentPreview, latent_shape
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
-
     started = time.perf_counter()
     previewer = LatentPreview.for_pipeline(pipeline, plan.family, plan.model_dir)
-    sync()
+    _sync(device)
     made = time.perf_counter() - started
     # Latents of a scene at the plan's size, unpacked: (1, channels, frames, height, width).
     latents = torch.randn(1, *latent_shape(pipeline, plan.family, plan.max_frames, plan.width,
@@ -497,11 +493,6 @@ def _time_scenes(scene, plan, scenes: int, device: str) -> dict:
     """One short warm-up scene (kernels chosen, blocks compiled), then `scenes` timed ones.
     A step's seconds come from the step callbacks: between the end of the first step and the
     end of the last, so the text encoder and the VAE's decoding are not in them."""
-    import torch
-
-    def sync() -> None:  # CUDA runs ahead of Python: a timestamp needs the work done
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
 
     scene(0, lambda step, total: None, plan.model_copy(update={"steps": min(plan.steps, 2)}))
     scene_seconds, step_seconds, degraded = [], [], set()
@@ -509,18 +500,26 @@ def _time_scenes(scene, plan, scenes: int, device: str) -> dict:
         marks: list[float] = []
 
         def on_step(_step: int, _total: int, marks: list[float] = marks) -> None:
-            sync()
+            _sync(device)
             marks.append(time.perf_counter())
 
-        sync()
+        _sync(device)
         started = time.perf_counter()
         degraded.update(scene(seed, on_step, plan))
-        sync()
+        _sync(device)
         scene_seconds.append(time.perf_counter() - started)
         if len(marks) >= 3:  # marks: start, end of step 1, ..., end of step N
             step_seconds.append((marks[-1] - marks[1]) / (len(marks) - 2))
     return {"scene_seconds": scene_seconds, "step_seconds": step_seconds,
             "degraded": sorted(degraded)}
+
+
+def _sync(device: str) -> None:
+    """CUDA runs ahead of Python: a timestamp needs the work done."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _row(name: str, label: str, quality: str, plan, device: str, peak: float | None,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +31,25 @@ class GpuReading:
 
 def read_gpu(index: int) -> GpuReading | None:
     """This machine's GPU `index` through NVML, or None where there is no NVIDIA GPU."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            temperature = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
-        return None
-    return GpuReading(index, name.decode() if isinstance(name, bytes) else str(name),
-                      memory.total // 2**20, memory.free // 2**20, int(temperature))
+
+    def read(nvml) -> GpuReading:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        temperature = nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)
+        return GpuReading(index, _text(nvml.nvmlDeviceGetName(handle)), memory.total // 2**20,
+                          memory.free // 2**20, int(temperature))
+
+    return _ask_nvml(read)
 
 
 def nvml_driver_version() -> str | None:
     """The NVIDIA driver's version through NVML, or None where there is none."""
+    return _ask_nvml(lambda nvml: _text(nvml.nvmlSystemGetDriverVersion()))
+
+
+def _ask_nvml(question: Callable) -> Any:
+    """`question(pynvml)` with NVML started for it, or None where there is no NVIDIA driver
+    (or no pynvml)."""
     try:
         import pynvml
     except ImportError:
@@ -57,12 +57,15 @@ def nvml_driver_version() -> str | None:
     try:
         pynvml.nvmlInit()
         try:
-            version = pynvml.nvmlSystemGetDriverVersion()
+            return question(pynvml)
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
-    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def reclaimable_mb(index: int) -> int:
